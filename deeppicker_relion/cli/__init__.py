@@ -1,0 +1,1 @@
+"""The ``deeppicker`` command: one module per subcommand, each with ``add_arguments`` and ``main``."""

@@ -1,0 +1,56 @@
+"""deeppicker: fully automated CNN particle picking for cryo-EM (DeepPicker 2016), for RELION and CryoSPARC.
+
+Coordinates everywhere are particle centres in pixels of the original micrograph (x = column, y = row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import DeepPickerError
+
+SUBCOMMANDS = ["pick", "train", "evaluate", "demo", "merge", "cryosparc_import"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deeppicker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"deeppicker {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as err:
+            if err.name and err.name.endswith(f".{name}"):
+                continue  # subcommand not built yet
+            raise
+        doc = (module.__doc__ or "").strip()
+        first, _, rest = doc.partition("\n")
+        p = sub.add_parser(
+            name.replace("_", "-"),
+            help=first,
+            description=first,
+            epilog=rest.strip() or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DeepPickerError as err:
+        print(f"deeppicker: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deeppicker: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

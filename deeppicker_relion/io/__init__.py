@@ -1,0 +1,1 @@
+"""File input and output: MRC micrographs, STAR tables, coordinate formats, CryoSPARC .cs."""

@@ -1,0 +1,190 @@
+"""The DeepPicker CNN, its dense (fully convolutional) form, and weights files.
+
+Reference architecture ``deeppicker2016`` (Wang et al. 2016, as in the authors' code): a 64 x 64
+patch -> conv 9x9 (8) -> conv 5x5 (16) -> conv 3x3 (32) -> conv 2x2 (64), each ReLU + 2x2 max-pool,
+-> FC 256 -> 128 (ReLU, dropout 0.5) -> FC 128 -> 2 -> softmax; class 1 = particle.
+
+Weights are stored as safetensors (no pickle: loading never executes code), with metadata naming
+the architecture and the training recipe. Plain PyTorch state_dict files (``.pt``/``.pth``) are
+read with ``torch.load(weights_only=True)``, which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import JobError
+from .io.atomic import atomic_path
+from .preprocess import INPUT_SIZE
+
+FORMAT_VERSION = "1"
+
+
+class DeepPickerNet(nn.Module):
+    """The 2016 DeepPicker classifier; ``forward`` maps (N, 1, 64, 64) patches to (N, 2) logits.
+
+    ``dense_logits`` runs the same network fully convolutionally over a whole image and returns the
+    logit margin of every 64 x 64 window whose top-left corner is a multiple of ``step``.
+    """
+
+    architecture = "deeppicker2016"
+
+    def __init__(self, channels: tuple[int, int, int, int] = (8, 16, 32, 64), hidden: int = 128):
+        super().__init__()
+        kernels = (9, 5, 3, 2)
+        c_in = 1
+        self.convs = nn.ModuleList()
+        for c_out, k in zip(channels, kernels):
+            self.convs.append(nn.Conv2d(c_in, c_out, k))
+            c_in = c_out
+        side = INPUT_SIZE
+        for k in kernels:
+            side = (side - k + 1) // 2
+        self.feature_side = side  # 2 for the reference network
+        self.fc1 = nn.Linear(c_in * side * side, hidden)
+        self.fc2 = nn.Linear(hidden, 2)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = F.max_pool2d(F.relu(conv(x)), 2)
+        x = torch.flatten(x, 1)
+        x = self.dropout(F.relu(self.fc1(x)))
+        return self.fc2(x)
+
+    def dense_logits(self, image: torch.Tensor, step: int = 4) -> torch.Tensor:
+        """Logit margins (particle logit - background logit; softmax probability =
+        sigmoid(margin)) of all 64 x 64 windows at a ``step``-pixel grid, in one pass.
+
+        ``image``: (B, 1, H, W). Returns (B, (H - 64) // step + 1, (W - 64) // step + 1); entry
+        [i, j] belongs to the window whose top-left corner is (row step*i, column step*j), identical
+        to ``forward`` on that patch. Pools are kept at stride 2 until the accumulated stride equals
+        ``step``; later pools run at stride 1 and later layers are dilated instead (a trous /
+        shift-and-stitch), so no window position is skipped and none is computed twice.
+        """
+        if step not in (1, 2, 4, 8, 16):
+            raise ValueError("step must be 1, 2, 4, 8 or 16")
+        x = image
+        stride, dilation = 1, 1
+        for conv in self.convs:
+            x = F.conv2d(x, conv.weight, conv.bias, dilation=dilation)
+            if stride < step:
+                x = _pool2(x)
+                stride *= 2
+            else:
+                x = _shifted_max(x, dilation)
+                dilation *= 2
+            x = F.relu(x)  # after the pool: the same result on 4x fewer pixels
+        c = x.shape[1]
+        w1 = self.fc1.weight.view(-1, c, self.feature_side, self.feature_side)
+        x = F.relu(F.conv2d(x, w1, self.fc1.bias, dilation=dilation))
+        x = F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias)
+        margin = x[:, 1] - x[:, 0]
+        rows = (image.shape[-2] - INPUT_SIZE) // step + 1
+        cols = (image.shape[-1] - INPUT_SIZE) // step + 1
+        return margin[:, :rows, :cols]
+
+
+def _pool2(x: torch.Tensor) -> torch.Tensor:
+    """2 x 2 max-pool at stride 2 (floor mode) as the max of four strided views (faster than
+    max_pool2d on CPUs)."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+    bottom = torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2])
+    return torch.maximum(top, bottom)
+
+
+def _shifted_max(x: torch.Tensor, d: int) -> torch.Tensor:
+    """2 x 2 max-pool at stride 1 with dilation ``d``: the max of four shifted views."""
+    top = torch.maximum(x[..., :-d, :-d], x[..., :-d, d:])
+    bottom = torch.maximum(x[..., d:, :-d], x[..., d:, d:])
+    return torch.maximum(top, bottom)
+
+
+ARCHITECTURES: dict[str, type[DeepPickerNet]] = {DeepPickerNet.architecture: DeepPickerNet}
+
+
+def build_model(architecture: str = "deeppicker2016") -> DeepPickerNet:
+    """A freshly initialised network of the named architecture."""
+    if architecture not in ARCHITECTURES:
+        raise JobError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture]()
+
+
+def save_model(model: DeepPickerNet, path: str | Path, metadata: dict | None = None) -> None:
+    """Save weights as safetensors, atomically, with the architecture and ``metadata`` (JSON)."""
+    from safetensors.torch import save_file
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "architecture": model.architecture,
+        "input_size": str(INPUT_SIZE),
+        "info": json.dumps(metadata or {}, sort_keys=True),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def default_weights_path() -> Path:
+    """The shipped general (cross-molecule) model."""
+    return Path(str(resources.files("deeppicker_relion") / "pretrained" / "general.safetensors"))
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[DeepPickerNet, dict]:
+    """Load a weights file (default: the shipped general model) -> (model in eval mode, metadata).
+
+    Raises :class:`JobError` naming the file if it is missing, corrupt, pickled code, or of
+    another architecture.
+    """
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        raise JobError("weights file not found", path)
+    info: dict = {}
+    architecture = DeepPickerNet.architecture
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                state = {k: handle.get_tensor(k) for k in handle.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise JobError(f"corrupt or unreadable safetensors weights ({err})", path) from None
+        architecture = meta.get("architecture", architecture)
+        try:
+            info = json.loads(meta.get("info", "{}"))
+        except json.JSONDecodeError:
+            info = {}
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # UnpicklingError for pickled code, RuntimeError for corrupt zips
+            raise JobError(
+                "refused: not a plain weights file (pickled objects are never loaded; "
+                f"use .safetensors or a state_dict) [{type(err).__name__}]",
+                path,
+            ) from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise JobError("does not hold a state_dict of tensors", path)
+    model = build_model(architecture) if architecture in ARCHITECTURES else None
+    if model is None:
+        raise JobError(f"weights are for unknown architecture {architecture!r}", path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise JobError(
+            f"weights do not fit the {architecture} network ({first[1].strip() if len(first) > 1 else first[0]})",
+            path,
+        ) from None
+    model.to(device).eval()
+    return model, info

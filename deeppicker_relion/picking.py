@@ -1,0 +1,155 @@
+"""From a score map to particle picks: clean, find peaks, filter, refine, sort, threshold.
+
+Steps (DeepPicker 2016, with the authors' code's bugs fixed):
+
+1. clean: connected regions of grid points scoring above ``clean_threshold`` that are larger than
+   ``clean_factor`` x the mean region size are ice or carbon, not particles: they are removed
+   (``clean=False`` skips this, e.g. for crowded micrographs where particles touch);
+2. peaks: one maximum per ``peak_window`` x box window, then greedy non-maximum suppression so
+   picked centres are at least ``peak_window / 2`` x box apart (no duplicate picks). Peaks are
+   found on the logit margins, not on probabilities, which saturate at 1 over a plateau;
+3. filter: candidates whose box holds more than ``outlier_fraction`` of pixels beyond
+   ``outlier_sigma`` robust standard deviations of the micrograph are dropped (contamination,
+   hot pixels, carbon edges);
+4. refine: a parabola through each peak and its neighbours gives the sub-grid centre;
+5. sort by score; keep those above ``threshold``, at most ``max_picks`` per micrograph.
+
+Candidates down to ``floor`` are kept by :func:`find_candidates` so that picks can be re-thresholded
+later without re-scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .preprocess import INPUT_SIZE, Preprocessed
+from .scoring import ScoreMap
+
+
+@dataclass
+class PickParams:
+    """Picking parameters. Distances are fractions of the particle box; scores are 0..1."""
+
+    threshold: float = 0.5
+    max_picks: int | None = None
+    floor: float = 0.05
+    clean: bool = True
+    clean_threshold: float = 0.5
+    clean_factor: float = 4.0
+    peak_window: float = 0.8
+    outlier_sigma: float = 3.0
+    outlier_fraction: float = 0.2
+    refine: bool = True
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return float(np.log(p / (1 - p)))
+
+
+def clean_ice(logits: np.ndarray, threshold: float = 0.5, factor: float = 4.0) -> tuple[np.ndarray, int]:
+    """Remove connected regions scoring above ``threshold`` (probability) that are larger than
+    ``factor`` x the mean region size: returns (copy with those regions set to -inf, number removed).
+    """
+    labels, n = ndimage.label(logits > _logit(threshold))
+    if n < 2:
+        return logits.copy(), 0
+    sizes = np.bincount(labels.ravel())[1:]
+    big = np.flatnonzero(sizes > factor * sizes.mean()) + 1
+    cleaned = logits.copy()
+    if big.size:
+        cleaned[np.isin(labels, big)] = -np.inf
+    return cleaned, int(big.size)
+
+
+def _peaks(logits: np.ndarray, window_cells: float, floor_logit: float) -> tuple[np.ndarray, np.ndarray]:
+    size = max(1, int(round(window_cells)))
+    if size % 2 == 0:
+        size += 1
+    local_max = ndimage.maximum_filter(logits, size=size, mode="constant", cval=-np.inf)
+    rows, cols = np.nonzero((logits == local_max) & (logits >= floor_logit))
+    return rows, cols
+
+
+def _nms(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, min_cells: float) -> np.ndarray:
+    """Indices (into rows/cols, by descending value) kept with no two closer than ``min_cells``."""
+    order = np.argsort(-values, kind="stable")
+    if order.size == 0:
+        return order
+    tree = cKDTree(np.column_stack([rows, cols]).astype(float))
+    suppressed = np.zeros(order.size, dtype=bool)
+    keep = []
+    for idx in order:
+        if suppressed[idx]:
+            continue
+        keep.append(idx)
+        for other in tree.query_ball_point([rows[idx], cols[idx]], r=min_cells - 1e-9):
+            suppressed[other] = True
+    return np.asarray(keep, dtype=int)
+
+
+def _refine(logits: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-grid peak position: a parabola through each peak and its two neighbours, per axis,
+    on the logit margins (offset clipped to half a grid step)."""
+    padded = np.pad(np.where(np.isfinite(logits), logits, np.nan), 1, mode="edge")
+    r, c = rows + 1, cols + 1
+    centre = padded[r, c]
+
+    def offset(minus: np.ndarray, plus: np.ndarray) -> np.ndarray:
+        curvature = minus - 2 * centre + plus
+        with np.errstate(invalid="ignore", divide="ignore"):
+            off = np.where(curvature < 0, 0.5 * (minus - plus) / curvature, 0.0)
+        return np.clip(np.nan_to_num(off), -0.5, 0.5)
+
+    return rows + offset(padded[r - 1, c], padded[r + 1, c]), cols + offset(padded[r, c - 1], padded[r, c + 1])
+
+
+def _outlier_fraction(image: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
+    """Fraction of pixels beyond ``sigma`` (image is normalised) in the 64 px box at each centre."""
+    beyond = (np.abs(image) > sigma).astype(np.float32)
+    integral = np.pad(beyond.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    half = INPUT_SIZE // 2
+    r0 = np.clip(np.round(y).astype(int) - half, 0, image.shape[0])
+    c0 = np.clip(np.round(x).astype(int) - half, 0, image.shape[1])
+    r1 = np.clip(r0 + INPUT_SIZE, 0, image.shape[0])
+    c1 = np.clip(c0 + INPUT_SIZE, 0, image.shape[1])
+    counts = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+    area = np.maximum((r1 - r0) * (c1 - c0), 1)
+    return counts / area
+
+
+def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams = PickParams()) -> pd.DataFrame:
+    """All candidate particles scoring at least ``params.floor``, best first.
+
+    Returns columns ``x``, ``y`` (original micrograph pixels, particle centre, x = column) and
+    ``score`` (softmax probability).
+    """
+    logits = score_map.logits
+    if params.clean and logits.size:
+        logits, _ = clean_ice(logits, params.clean_threshold, params.clean_factor)
+    cells_per_box = INPUT_SIZE / score_map.step
+    rows, cols = _peaks(logits, params.peak_window * cells_per_box, _logit(params.floor))
+    keep = _nms(rows, cols, logits[rows, cols], 0.5 * params.peak_window * cells_per_box)
+    rows, cols = rows[keep], cols[keep]
+    values = 1.0 / (1.0 + np.exp(-logits[rows, cols].astype(float)))
+    fr, fc = _refine(logits, rows, cols) if params.refine else (rows.astype(float), cols.astype(float))
+    xr, yr = score_map.centres(fr, fc)
+    if params.outlier_fraction < 1 and xr.size:
+        ok = _outlier_fraction(pre.image, xr, yr, params.outlier_sigma) <= params.outlier_fraction
+        xr, yr, values = xr[ok], yr[ok], values[ok]
+    x, y = pre.to_original(xr, yr)
+    out = pd.DataFrame({"x": x, "y": y, "score": values})
+    return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def select(candidates: pd.DataFrame, threshold: float = 0.5, max_picks: int | None = None) -> pd.DataFrame:
+    """Candidates at or above ``threshold``, best first, at most ``max_picks`` of them."""
+    picks = candidates[candidates["score"] >= threshold].sort_values("score", ascending=False, kind="stable")
+    if max_picks is not None and max_picks >= 0:
+        picks = picks.head(max_picks)
+    return picks.reset_index(drop=True)

@@ -1,0 +1,259 @@
+"""Picking a list of micrographs into an output folder: the job the CLI and the RELION External
+job both run.
+
+Output layout (RELION's, so that Extract finds the files; the CLI uses it too):
+
+- ``<out>/<micrograph path minus a leading Type/jobNNN/, minus extension>_<pickname>.star``: the
+  picks of each micrograph (or ``.box`` / ``.txt`` in those formats);
+- ``<out>/candidates/<same stem>.star``: every candidate down to the score floor, with scores, so
+  picks can be re-thresholded without re-scoring;
+- ``<out>/picking_summary[.shard-i-of-n].star``: one row per micrograph (picks, candidates,
+  seconds, status);
+- ``<out>/failed_micrographs.star``: micrographs that could not be picked, with the reason.
+
+Every file is written atomically. A micrograph whose coordinate and candidate files both exist is
+done: a rerun with ``resume=True`` skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .errors import DeepPickerError, JobError, MicrographError
+from .io.coords import read_coordinates, write_coordinates
+from .io.micrographs import relative_output_stem
+from .io.mrc import read_shape
+from .io.star import read_coordinate_star, read_star, write_coordinate_star, write_star
+from .model import DeepPickerNet
+from .picking import PickParams, select
+from .pipeline import MicrographResult, ParticleSize, pick_prepared, prefetch
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"star": ".star", "box": ".box", "txt": ".txt"}
+
+
+class Aborted(Exception):
+    """The user asked the job to stop (RELION_JOB_ABORT_NOW)."""
+
+
+@dataclass
+class PickJob:
+    """Where and how to write a pick job's outputs."""
+
+    outdir: Path
+    size: ParticleSize
+    params: PickParams = field(default_factory=PickParams)
+    pickname: str = "deeppicker"
+    fmt: str = "star"
+    resume: bool = True
+    shard: tuple[int, int] | None = None
+
+    def coordinate_path(self, name: str) -> Path:
+        """Coordinate file of micrograph ``name`` (its RELION path)."""
+        return self.outdir / f"{relative_output_stem(name)}_{self.pickname}{EXTENSIONS[self.fmt]}"
+
+    def candidate_path(self, name: str) -> Path:
+        """All-candidates file of micrograph ``name``."""
+        return self.outdir / "candidates" / f"{relative_output_stem(name)}.star"
+
+    @property
+    def summary_path(self) -> Path:
+        tag = f".shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
+        return self.outdir / f"picking_summary{tag}.star"
+
+    @property
+    def failed_path(self) -> Path:
+        tag = f".shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
+        return self.outdir / f"failed_micrographs{tag}.star"
+
+    def is_done(self, name: str) -> bool:
+        return self.coordinate_path(name).is_file() and self.candidate_path(name).is_file()
+
+
+def shard_rows(micrographs: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
+    """The deterministic share ``i`` of ``n`` of a micrograph list (every n-th row from row i)."""
+    if shard is None:
+        return micrographs
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise JobError(f"--shard {i}/{n}: need 0 <= i < n")
+    return micrographs.iloc[i::n]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> (i, n); None or empty -> None."""
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise JobError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    shard_rows(pd.DataFrame(), (i, n))
+    return i, n
+
+
+@dataclass
+class JobSummary:
+    """What a pick job did: one row per micrograph in ``table`` and the failures."""
+
+    table: pd.DataFrame
+    failed: pd.DataFrame
+    results: list[MicrographResult]
+
+    @property
+    def n_picked(self) -> int:
+        return int((self.table["status"].isin(["picked", "done before"])).sum()) if len(self.table) else 0
+
+    @property
+    def n_particles(self) -> int:
+        return int(self.table["n_picks"].sum()) if len(self.table) else 0
+
+
+def write_outputs(job: PickJob, result: MicrographResult) -> None:
+    """Candidates first, then the coordinate file (its presence marks the micrograph done)."""
+    write_coordinate_star(job.candidate_path(result.name), result.candidates)
+    write_coordinates(job.coordinate_path(result.name), result.picks, job.fmt, box_px=int(round(result.box_px)))
+
+
+def run_pick_job(
+    micrographs: pd.DataFrame,
+    model: DeepPickerNet,
+    job: PickJob,
+    device: str = "cpu",
+    should_abort: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int, int, float], None] | None = None,
+    keep_results: bool = False,
+) -> JobSummary:
+    """Pick every micrograph of the list (or of this job's shard) into ``job.outdir``.
+
+    One bad micrograph is logged and listed in ``failed_micrographs.star``; the others go on.
+    ``should_abort`` is polled between micrographs (raises :class:`Aborted`). ``on_progress(done,
+    total, particles, seconds)`` is called after each micrograph.
+    """
+    mics = shard_rows(micrographs, job.shard)
+    job.outdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    failed: list[dict] = []
+    results: list[MicrographResult] = []
+    todo = mics
+    if job.resume:
+        done = mics["name"].map(job.is_done)
+        for _, row in mics.loc[done].iterrows():
+            name = row["name"]
+            n_picks = len(read_coordinates(job.coordinate_path(name)))
+            n_cand = len(read_coordinate_star(job.candidate_path(name)))
+            shape = _shape_or_nan(row["path"])
+            rows.append(_row(name, "done before", n_picks, n_cand, 0.0, math.nan, shape, row.get("pixel_size", math.nan)))
+        todo = mics.loc[~done]
+        if done.any():
+            log.info("%d of %d micrographs were picked before; picking the other %d", int(done.sum()), len(mics), len(todo))
+    total, particles, start = len(mics), sum(r["n_picks"] for r in rows), time.perf_counter()
+    for row, prepared in prefetch(todo, job.size):
+        if should_abort is not None and should_abort():
+            raise Aborted("abort requested")
+        name = row["name"]
+        if isinstance(prepared, DeepPickerError):
+            log.error("skipped: %s", prepared)
+            failed.append({"rlnMicrographName": name, "reason": str(prepared)})
+            rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
+        else:
+            try:
+                result = pick_prepared(prepared, model, job.params, device, keep_maps=keep_results)
+                write_outputs(job, result)
+            except MicrographError as err:
+                log.error("skipped: %s", err)
+                failed.append({"rlnMicrographName": name, "reason": str(err)})
+                rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
+                continue
+            particles += len(result.picks)
+            rows.append(
+                _row(name, "picked", len(result.picks), len(result.candidates), result.seconds, result.box_px,
+                     result.shape, result.pixel_size)
+            )
+            if keep_results:
+                results.append(result)
+            log.debug("%s: %d picks (%d candidates) in %.2f s", name, len(result.picks), len(result.candidates), result.seconds)
+        if on_progress is not None:
+            on_progress(len(rows), total, particles, time.perf_counter() - start)
+    summary = JobSummary(pd.DataFrame(rows, columns=_COLUMNS), pd.DataFrame(failed, columns=["rlnMicrographName", "reason"]), results)
+    write_star(job.summary_path, {"picking_summary": summary.table})
+    if failed:
+        write_star(job.failed_path, {"failed_micrographs": summary.failed})
+    elif job.failed_path.exists():
+        job.failed_path.unlink()
+    return summary
+
+
+_COLUMNS = ["rlnMicrographName", "status", "n_picks", "n_candidates", "seconds", "box_px", "rows", "cols", "pixel_size"]
+
+
+def _row(
+    name: str,
+    status: str,
+    n_picks: int,
+    n_candidates: int,
+    seconds: float,
+    box_px: float,
+    shape: tuple[int, int] = (0, 0),
+    pixel_size: float | None = None,
+) -> dict:
+    px = math.nan if pixel_size is None else float(pixel_size)
+    values = (name, status, int(n_picks), int(n_candidates), float(seconds), float(box_px), int(shape[0]), int(shape[1]), px)
+    return dict(zip(_COLUMNS, values))
+
+
+def _shape_or_nan(path: str) -> tuple[int, int]:
+    try:
+        return read_shape(path)
+    except DeepPickerError:
+        return (0, 0)
+
+
+def collect_picks(summary: pd.DataFrame, job: PickJob) -> dict[str, pd.DataFrame]:
+    """Read back the picks of every successfully picked micrograph of a summary table."""
+    ok = summary[summary["status"] != "failed"]
+    return {name: read_coordinates(job.coordinate_path(name)) for name in ok["rlnMicrographName"]}
+
+
+def write_cryosparc(summary: pd.DataFrame, job: PickJob, path: Path) -> int:
+    """Write all picks of a job as a CryoSPARC ``.cs`` file; returns the number of particles."""
+    from .io.cryosparc import write_particles_cs
+
+    picks = collect_picks(summary, job)
+    ok = summary.set_index("rlnMicrographName")
+    shapes = {n: (int(ok.at[n, "rows"]), int(ok.at[n, "cols"])) for n in picks}
+    pixel_sizes = {n: float(ok.at[n, "pixel_size"]) for n in picks}
+    return write_particles_cs(path, picks, shapes, pixel_sizes)
+
+
+def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
+    """Rewrite every micrograph's coordinate file from its saved candidates with the job's
+    threshold and top-N, without scoring again. Micrographs without candidates are listed as failed."""
+    rows, failed = [], []
+    for name in shard_rows(micrographs, job.shard)["name"]:
+        path = job.candidate_path(name)
+        if not path.is_file():
+            failed.append({"rlnMicrographName": name, "reason": f"{path}: no saved candidates (pick it first)"})
+            rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
+            continue
+        candidates = read_coordinate_star(path)
+        picks = select(candidates, job.params.threshold, job.params.max_picks)
+        box = job.size.box_px if job.size.box_px is not None else 0
+        write_coordinates(job.coordinate_path(name), picks, job.fmt, box_px=int(round(box)) or 64)
+        rows.append(_row(name, "picked", len(picks), len(candidates), 0.0, math.nan))
+    summary = JobSummary(pd.DataFrame(rows, columns=_COLUMNS), pd.DataFrame(failed, columns=["rlnMicrographName", "reason"]), [])
+    write_star(job.summary_path, {"picking_summary": summary.table})
+    return summary
+
+
+def read_summary(path: Path) -> pd.DataFrame:
+    """A picking summary table written by :func:`run_pick_job`."""
+    return next(iter(read_star(path).values()))

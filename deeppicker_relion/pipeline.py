@@ -1,0 +1,188 @@
+"""Per-micrograph processing: read, preprocess, score, find candidates; with read-ahead.
+
+Reading and preprocessing (file I/O and FFTs, which release the GIL) run in a background thread
+a bounded number of micrographs ahead of scoring, so memory stays flat in the number of
+micrographs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import DeepPickerError, JobError, MicrographError
+from .io.mrc import Micrograph, read_micrograph
+from .model import DeepPickerNet
+from .picking import PickParams, find_candidates, select
+from .preprocess import Preprocessed, preprocess
+from .scoring import DEFAULT_STEP, ScoreMap, score_map_dense
+
+
+@dataclass
+class ParticleSize:
+    """Particle size: a diameter in Angstrom (needs the pixel size) or a box in pixels.
+
+    The box (the 64 px network input, the peak window and the match radius are fractions of it)
+    equals the particle diameter.
+    """
+
+    diameter_A: float | None = None
+    box_px: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.diameter_A is None) == (self.box_px is None):
+            raise JobError("give the particle size either as a diameter in Angstrom or as a box in pixels (not both)")
+        value = self.diameter_A if self.diameter_A is not None else self.box_px
+        if not (value is not None and math.isfinite(value) and value > 0):
+            raise JobError(f"particle size must be a positive number (got {value})")
+
+    def in_pixels(self, pixel_size: float | None, where: str = "") -> float:
+        """Box in pixels of a micrograph with ``pixel_size`` Angstrom per pixel."""
+        if self.box_px is not None:
+            return float(self.box_px)
+        if pixel_size is None or not (pixel_size > 0) or math.isnan(pixel_size):
+            raise MicrographError(
+                "no pixel size (not in the STAR's data_optics nor in the MRC header); give --angpix "
+                "or the box in pixels", where or None
+            )
+        return float(self.diameter_A) / float(pixel_size)
+
+
+@dataclass
+class Prepared:
+    """A micrograph read and preprocessed, ready to score."""
+
+    name: str
+    micrograph: Micrograph
+    pre: Preprocessed
+    box_px: float
+    pixel_size: float | None
+    seconds: float
+
+
+@dataclass
+class MicrographResult:
+    """Candidates (all above the floor) and picks of one micrograph. Coordinates: original pixels."""
+
+    name: str
+    candidates: pd.DataFrame
+    picks: pd.DataFrame
+    shape: tuple[int, int]
+    pixel_size: float | None
+    box_px: float
+    seconds: float
+    score_map: ScoreMap | None = None
+    pre: Preprocessed | None = None
+
+
+def prepare(name: str, path: str, size: ParticleSize, pixel_size: float | None = None) -> Prepared:
+    """Read and preprocess one micrograph. ``pixel_size`` (from the STAR or the user) wins over the
+    MRC header. Raises :class:`MicrographError` for any problem with this micrograph."""
+    start = time.perf_counter()
+    mic = read_micrograph(path)
+    px = pixel_size if pixel_size is not None and not math.isnan(pixel_size) else mic.pixel_size
+    box = size.in_pixels(px, path)
+    if box > min(mic.shape):
+        raise MicrographError(
+            f"particle box ({box:.0f} px) is larger than the micrograph ({mic.shape[1]} x {mic.shape[0]} px); "
+            "check the diameter and the pixel size",
+            path,
+        )
+    try:
+        pre = preprocess(mic.data, box)
+    except ValueError as err:
+        raise MicrographError(str(err), path) from None
+    return Prepared(name, mic, pre, box, px, time.perf_counter() - start)
+
+
+def pick_prepared(
+    prep: Prepared,
+    model: DeepPickerNet,
+    params: PickParams = PickParams(),
+    device: str | torch.device = "cpu",
+    step: int = DEFAULT_STEP,
+    keep_maps: bool = False,
+) -> MicrographResult:
+    """Score a prepared micrograph and pick it."""
+    start = time.perf_counter()
+    smap = score_map_dense(model, prep.pre.image, step=step, device=device)
+    candidates = find_candidates(smap, prep.pre, params)
+    picks = select(candidates, params.threshold, params.max_picks)
+    return MicrographResult(
+        prep.name,
+        candidates,
+        picks,
+        prep.micrograph.shape,
+        prep.pixel_size,
+        prep.box_px,
+        prep.seconds + time.perf_counter() - start,
+        smap if keep_maps else None,
+        prep.pre if keep_maps else None,
+    )
+
+
+def pick_micrograph(
+    path: str,
+    model: DeepPickerNet,
+    size: ParticleSize,
+    params: PickParams = PickParams(),
+    device: str | torch.device = "cpu",
+    pixel_size: float | None = None,
+    keep_maps: bool = False,
+) -> MicrographResult:
+    """Read, preprocess, score and pick one micrograph file."""
+    return pick_prepared(prepare(path, path, size, pixel_size), model, params, device, keep_maps=keep_maps)
+
+
+def prefetch(
+    micrographs: pd.DataFrame, size: ParticleSize, ahead: int = 2
+) -> Iterator[tuple[pd.Series, Prepared | DeepPickerError]]:
+    """Yield (row, Prepared or the error) for each row of a micrograph list, reading up to
+    ``ahead`` micrographs in a background thread while the caller scores the current one."""
+    rows = [row for _, row in micrographs.iterrows()]
+    if not rows:
+        return
+
+    def load(row: pd.Series) -> Prepared:
+        return prepare(row["name"], row["path"], size, row.get("pixel_size"))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: list[tuple[pd.Series, Future]] = []
+        it: Iterable[pd.Series] = iter(rows)
+        for row in it:
+            pending.append((row, pool.submit(load, row)))
+            if len(pending) > ahead:
+                break
+        while pending:
+            row, fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            try:
+                yield row, fut.result()
+            except DeepPickerError as err:
+                yield row, err
+            except (MemoryError, OSError, ValueError) as err:
+                yield row, MicrographError(f"{type(err).__name__}: {err}", row["path"])
+
+
+def resolve_device(gpu: str | None) -> torch.device:
+    """``None``/empty -> CPU; ``"0"`` or ``"0,1"`` -> the first listed CUDA device."""
+    if gpu is None or str(gpu).strip() == "":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise JobError(f"--gpu {gpu} was given but CUDA is not available (PyTorch {torch.__version__})")
+    first = str(gpu).split(",")[0].strip()
+    return torch.device(f"cuda:{int(first)}")
+
+
+def topn_positions(picks: pd.DataFrame) -> np.ndarray:
+    """(n, 2) array of x, y from a picks frame."""
+    return np.column_stack([picks["x"].to_numpy(float), picks["y"].to_numpy(float)])

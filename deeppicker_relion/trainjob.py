@@ -1,0 +1,89 @@
+"""Training from files: micrographs + their coordinate files -> a weights file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DeepPickerError, JobError
+from .io.coords import read_coordinates
+from .model import DeepPickerNet, save_model
+from .pipeline import ParticleSize, prefetch
+from .training import History, TrainingSet, TrainParams, make_training_set, train
+
+log = logging.getLogger(__name__)
+
+
+def build_training_set(
+    micrographs: pd.DataFrame,
+    coordinates: dict[str, Path],
+    size: ParticleSize,
+    params: TrainParams,
+) -> tuple[TrainingSet, list[float]]:
+    """Patches from every micrograph that has a coordinate file; returns (set, box sizes in px).
+
+    Micrographs without coordinates are left out (a ManualPick job rarely covers them all).
+    """
+    rng = np.random.default_rng(params.seed)
+    use = micrographs[micrographs["name"].isin(coordinates.keys())]
+    if use.empty:
+        raise JobError("no coordinate file matches any micrograph (check the names and the --coords argument)")
+    sets, boxes = [], []
+    for row, prepared in prefetch(use, size):
+        if isinstance(prepared, DeepPickerError):
+            log.warning("skipped for training: %s", prepared)
+            continue
+        coords = read_coordinates(coordinates[row["name"]])
+        if coords.empty:
+            continue
+        sets.append(make_training_set(prepared.pre, coords[["x", "y"]].to_numpy(float), rng, params))
+        boxes.append(prepared.box_px)
+        log.info("%s: %d particles", row["name"], len(coords))
+    data = TrainingSet.concat(sets)
+    if len(data) == 0:
+        raise JobError("no particles to train on: the coordinate files are empty or no micrograph could be read")
+    return data, boxes
+
+
+def train_from_files(
+    micrographs: pd.DataFrame,
+    coordinates: dict[str, Path],
+    size: ParticleSize,
+    output: Path,
+    params: TrainParams = TrainParams(),
+    init: DeepPickerNet | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    extra_info: dict | None = None,
+) -> tuple[DeepPickerNet, History]:
+    """Train (or fine-tune ``init``) and save the best weights to ``output`` (safetensors)."""
+    data, boxes = build_training_set(micrographs, coordinates, size, params)
+    n_pos = int(data.labels.sum())
+    log.info("training on %d particle and %d background patches from %d micrographs", n_pos, len(data) - n_pos, len(boxes))
+    try:
+        model, history = train(data, params, device=device, init=init, progress=progress)
+    except ValueError as err:
+        raise JobError(str(err)) from None
+    info = {
+        "recipe": "deeppicker train",
+        "train_params": asdict(params),
+        "n_particles": n_pos,
+        "n_background": len(data) - n_pos,
+        "n_micrographs": len(boxes),
+        "box_px": float(np.median(boxes)) if boxes else None,
+        "best_epoch": history.best_epoch + 1,
+        "val_loss": history.val_loss[history.best_epoch],
+        "val_accuracy": history.val_accuracy[history.best_epoch],
+        "fine_tuned": init is not None,
+        **(extra_info or {}),
+    }
+    save_model(model, output, info)
+    log.info(
+        "wrote %s (best epoch %d of %d, validation loss %.4f, accuracy %.3f)",
+        output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"],
+    )
+    return model, history

@@ -1,0 +1,218 @@
+"""Preprocessing, the network (dense == patch-by-patch), picking and evaluation, stage by stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deeppicker_relion.errors import JobError
+from deeppicker_relion.evaluate import evaluate, match, topn_curve
+from deeppicker_relion.model import DeepPickerNet, load_model, save_model
+from deeppicker_relion.picking import PickParams, clean_ice, find_candidates, select
+from deeppicker_relion.preprocess import INPUT_SIZE, Preprocessed, preprocess
+from deeppicker_relion.scoring import ScoreMap, score_map_dense, score_map_patches
+
+
+# --- preprocessing and coordinates through binning -------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(301, 457), (512, 512), (255, 256), (1023, 769)])
+@pytest.mark.parametrize("box", [17.0, 64.0, 150.0, 223.5])
+def test_coordinates_survive_resampling(shape: tuple[int, int], box: float) -> None:
+    """A Gaussian blob at a sub-pixel position is found at the mapped position after resampling
+    (non-square, odd sizes, binning and up-sampling), and maps back to the original pixel."""
+    if min(shape) < box * 1.5:
+        pytest.skip("micrograph too small for this box")
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    x0, y0 = shape[1] * 0.37 + 0.3, shape[0] * 0.61 - 0.2
+    sigma = box / 5
+    image = -np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2)).astype(np.float32)
+    pre = preprocess(image, box)
+    assert max(pre.image.shape) == pytest.approx(max(shape) * INPUT_SIZE / box, abs=1)
+    im = -pre.image
+    w = np.clip(im - 0.5 * im.max(), 0, None)
+    gy, gx = np.mgrid[: im.shape[0], : im.shape[1]]
+    cx, cy = (w * gx).sum() / w.sum(), (w * gy).sum() / w.sum()
+    bx, by = pre.to_original(cx, cy)
+    assert abs(bx - x0) < 0.02 * box and abs(by - y0) < 0.02 * box
+    rx, ry = pre.to_original(*pre.to_resampled(np.array([x0]), np.array([y0])))
+    assert rx[0] == pytest.approx(x0) and ry[0] == pytest.approx(y0)
+
+
+def test_preprocess_normalises_and_ignores_offset_and_scale() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(400, 300)).astype(np.float32)
+    a = preprocess(image, 40).image
+    b = preprocess(1000 + 37 * image, 40).image
+    assert abs(np.median(a)) < 0.05 and 0.8 < 1.4826 * np.median(np.abs(a)) < 1.2
+    np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_preprocess_refuses_micrograph_smaller_than_box() -> None:
+    with pytest.raises(ValueError, match="smaller than the particle box"):
+        preprocess(np.zeros((50, 80), np.float32), 60)
+
+
+# --- network: dense scoring equals the patch-by-patch sliding window ---------------------------
+
+
+@pytest.fixture(scope="module")
+def random_model() -> DeepPickerNet:
+    torch.manual_seed(0)
+    return DeepPickerNet().eval()
+
+
+def test_reference_architecture_shapes(random_model: DeepPickerNet) -> None:
+    assert [c.kernel_size[0] for c in random_model.convs] == [9, 5, 3, 2]
+    assert [c.out_channels for c in random_model.convs] == [8, 16, 32, 64]
+    assert (random_model.fc1.in_features, random_model.fc1.out_features) == (256, 128)
+    assert random_model.fc2.out_features == 2 and random_model.dropout.p == 0.5
+    assert random_model(torch.zeros(3, 1, 64, 64)).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "shape, step",
+    [((64, 64), 1), ((97, 83), 1), ((123, 141), 2), ((157, 203), 4), ((300, 257), 4), ((211, 190), 8), ((240, 260), 16)],
+)
+def test_dense_equals_patch_by_patch(random_model: DeepPickerNet, shape, step: int) -> None:
+    image = np.random.default_rng(shape[0] + step).normal(size=shape).astype(np.float32)
+    dense = score_map_dense(random_model, image, step=step)
+    patches = score_map_patches(random_model, image, step=step)
+    assert dense.scores.shape == ((shape[0] - 64) // step + 1, (shape[1] - 64) // step + 1)
+    np.testing.assert_allclose(dense.scores, patches.scores, atol=1e-4)
+    np.testing.assert_allclose(dense.logits, patches.logits, atol=1e-4)
+
+
+def test_dense_strips_do_not_change_scores(random_model: DeepPickerNet) -> None:
+    image = np.random.default_rng(3).normal(size=(410, 333)).astype(np.float32)
+    whole = score_map_dense(random_model, image).logits
+    strips = score_map_dense(random_model, image, max_pixels=100 * 333).logits
+    np.testing.assert_allclose(whole, strips, atol=1e-5)
+
+
+def test_weights_round_trip(tmp_path: Path, random_model: DeepPickerNet) -> None:
+    path = tmp_path / "m.safetensors"
+    save_model(random_model, path, {"note": "test"})
+    model, info = load_model(path)
+    x = torch.randn(2, 1, 64, 64)
+    torch.testing.assert_close(model(x), random_model(x))
+    assert info == {"note": "test"}
+    # a plain state_dict .pt is accepted too
+    torch.save(random_model.state_dict(), tmp_path / "m.pt")
+    torch.testing.assert_close(load_model(tmp_path / "m.pt")[0](x), random_model(x))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/deeppicker_pwned"),))
+
+
+def test_weights_refuse_pickle_corrupt_and_wrong_architecture(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": _Payload()}, evil)
+    Path("/tmp/deeppicker_pwned").unlink(missing_ok=True)
+    with pytest.raises(JobError, match="refused"):
+        load_model(evil)
+    assert not Path("/tmp/deeppicker_pwned").exists()
+    corrupt = tmp_path / "c.safetensors"
+    corrupt.write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(JobError, match="corrupt"):
+        load_model(corrupt)
+    other = tmp_path / "o.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(JobError, match="do not fit"):
+        load_model(other)
+    with pytest.raises(JobError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+# --- picking ------------------------------------------------------------------------------------
+
+
+def _map_with_peaks(peaks: list[tuple[float, float, float]], shape=(60, 70)) -> ScoreMap:
+    """Logit map with Gaussian bumps: (row, col, height)."""
+    r, c = np.mgrid[: shape[0], : shape[1]]
+    logits = np.full(shape, -6.0, np.float32)
+    for pr, pc, h in peaks:
+        logits = np.maximum(logits, h - ((r - pr) ** 2 + (c - pc) ** 2) / 3.0).astype(np.float32)
+    return ScoreMap(logits, 4)
+
+
+def _pre(shape=(60, 70), scale=1.0) -> Preprocessed:
+    rows, cols = (shape[0] - 1) * 4 + 64, (shape[1] - 1) * 4 + 64
+    return Preprocessed(np.zeros((rows, cols), np.float32), (scale, scale), (int(rows / scale), int(cols / scale)))
+
+
+def test_peaks_are_refined_to_subgrid_positions() -> None:
+    smap = _map_with_peaks([(20.3, 30.6, 5.0)])
+    cand = find_candidates(smap, _pre(), PickParams(outlier_fraction=1.0))
+    assert len(cand) == 1
+    assert cand.loc[0, "x"] == pytest.approx(30.6 * 4 + 32, abs=0.05)
+    assert cand.loc[0, "y"] == pytest.approx(20.3 * 4 + 32, abs=0.05)
+
+
+def test_coordinates_are_in_original_pixels() -> None:
+    smap = _map_with_peaks([(20.0, 30.0, 5.0)])
+    cand = find_candidates(smap, _pre(scale=0.5), PickParams(outlier_fraction=1.0))
+    assert (cand.loc[0, "x"], cand.loc[0, "y"]) == pytest.approx(((30 * 4 + 32) / 0.5, (20 * 4 + 32) / 0.5))
+
+
+def test_no_two_picks_closer_than_04_box() -> None:
+    # 16 grid cells per box: peaks 4 cells apart (0.25 box) must merge; 8 apart (0.5 box) survive
+    smap = _map_with_peaks([(20, 20, 5.0), (20, 24, 4.0), (40, 20, 5.0), (40, 28, 4.5)])
+    cand = find_candidates(smap, _pre(), PickParams(outlier_fraction=1.0, clean=False))
+    xy = cand[["x", "y"]].to_numpy()
+    d = np.hypot(*(xy[:, None] - xy[None]).transpose(2, 0, 1))
+    assert len(cand) == 3
+    assert d[np.triu_indices(len(xy), 1)].min() >= 0.4 * 64
+
+
+def test_ice_cleaning_drops_large_regions_only() -> None:
+    logits = np.full((80, 80), -5.0, np.float32)
+    for k in range(6):
+        logits[5 + 12 * k : 8 + 12 * k, 5:8] = 3.0  # six particle-sized regions (9 cells)
+    logits[30:70, 30:70] = 3.0  # one ice region (1600 cells)
+    cleaned, removed = clean_ice(logits)
+    assert removed == 1
+    assert np.isinf(cleaned[50, 50]) and cleaned[6, 6] == 3.0
+
+
+def test_outlier_filter_drops_contamination() -> None:
+    smap = _map_with_peaks([(20, 20, 5.0), (40, 50, 5.0)])
+    pre = _pre()
+    x, y = 50 * 4 + 32, 40 * 4 + 32
+    pre.image[y - 30 : y + 30, x - 30 : x + 30] = -12.0  # a dark blob many sigma deep
+    cand = find_candidates(smap, pre, PickParams())
+    assert len(cand) == 1 and cand.loc[0, "x"] == pytest.approx(20 * 4 + 32, abs=0.5)
+
+
+def test_select_threshold_and_top_n() -> None:
+    cand = pd.DataFrame({"x": [1.0, 2, 3, 4], "y": [1.0, 2, 3, 4], "score": [0.3, 0.9, 0.6, 0.8]})
+    assert select(cand, 0.5)["score"].tolist() == [0.9, 0.8, 0.6]
+    assert select(cand, 0.0, max_picks=2)["score"].tolist() == [0.9, 0.8]
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def test_matching_is_one_to_one_best_score_first() -> None:
+    ref = pd.DataFrame({"x": [100.0, 200.0], "y": [100.0, 100.0]})
+    picks = pd.DataFrame({"x": [101.0, 99.0, 260.0], "y": [100.0, 100.0, 100.0], "score": [0.6, 0.9, 0.8]})
+    matched, dist = match(picks, ref, radius=10)
+    assert matched.tolist() == [0, -1, -1]  # 0.9 takes ref 0; 0.8 is too far; 0.6 finds ref 0 taken
+    table = evaluate({"m": picks}, {"m": ref}, box_px=50)
+    total = table.iloc[-1]
+    assert (total.true_positives, total.precision, total.recall) == (1, pytest.approx(1 / 3), 0.5)
+    assert total.centre_error == pytest.approx(1 / 50)
+
+
+def test_topn_curve() -> None:
+    ref = pd.DataFrame({"x": [10.0, 50.0, 90.0, 130.0], "y": [10.0] * 4})
+    picks = pd.DataFrame({"x": [10.0, 300.0, 50.0, 90.0], "y": [10.0] * 4, "score": [0.9, 0.8, 0.7, 0.6]})
+    curve = topn_curve({"m": picks}, {"m": ref}, box_px=20, ratios=[0.5, 1.0])
+    assert curve["true_positives"].tolist() == [1, 3]
+    assert curve["recall"].tolist() == [0.25, 0.75]
