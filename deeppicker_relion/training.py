@@ -33,7 +33,7 @@ class TrainParams:
     """Training settings (distances in fractions of the box)."""
 
     max_epochs: int = 30
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -213,8 +213,12 @@ def train(
     device: str | torch.device = "cpu",
     init: DeepPickerNet | None = None,
     progress: bool = False,
+    on_epoch=None,
 ) -> tuple[DeepPickerNet, History]:
-    """Train (or fine-tune ``init``) on ``data``; returns the weights of the best validation epoch."""
+    """Train (or fine-tune ``init``) on ``data``; returns the weights of the best validation epoch.
+
+    ``on_epoch(epoch)`` is called before each epoch (0-based); it may raise to stop training.
+    """
     if len(data) < 10 or data.labels.min() == data.labels.max():
         raise ValueError(
             f"too few training patches ({int(data.labels.sum())} particles, "
@@ -241,6 +245,8 @@ def train(
 
         epochs = tqdm(epochs, desc="training", unit="epoch")
     for epoch in epochs:
+        if on_epoch is not None:
+            on_epoch(epoch)
         model.train()
         perm = torch.randperm(len(y_train), generator=gen).to(device)
         total = 0.0
