@@ -22,7 +22,7 @@ from .io.mrc import Micrograph, read_micrograph
 from .model import DeepPickerNet
 from .picking import PickParams, find_candidates, select
 from .preprocess import Preprocessed, preprocess
-from .scoring import DEFAULT_STEP, ScoreMap, score_map_dense
+from .scoring import DEFAULT_STEP, ScoreMap, score_map_dense, score_map_patches
 
 
 @dataclass
@@ -109,10 +109,13 @@ def pick_prepared(
     device: str | torch.device = "cpu",
     step: int = DEFAULT_STEP,
     keep_maps: bool = False,
+    patch_by_patch: bool = False,
 ) -> MicrographResult:
-    """Score a prepared micrograph and pick it."""
+    """Score a prepared micrograph and pick it. ``patch_by_patch`` uses the reference sliding
+    window instead of the dense pass (same scores, for benchmarks)."""
     start = time.perf_counter()
-    smap = score_map_dense(model, prep.pre.image, step=step, device=device)
+    scorer = score_map_patches if patch_by_patch else score_map_dense
+    smap = scorer(model, prep.pre.image, step=step, device=device)
     candidates = find_candidates(smap, prep.pre, params)
     picks = select(candidates, params.threshold, params.max_picks)
     return MicrographResult(
@@ -182,7 +185,3 @@ def resolve_device(gpu: str | None) -> torch.device:
     first = str(gpu).split(",")[0].strip()
     return torch.device(f"cuda:{int(first)}")
 
-
-def topn_positions(picks: pd.DataFrame) -> np.ndarray:
-    """(n, 2) array of x, y from a picks frame."""
-    return np.column_stack([picks["x"].to_numpy(float), picks["y"].to_numpy(float)])

@@ -1,0 +1,155 @@
+"""Speed benchmark: seconds per micrograph end to end (read, preprocess, score, pick, write) for
+dense and patch-by-patch scoring, peak memory, and Topaz's pretrained `topaz extract` on the same
+micrographs, measured in the same run.
+
+Micrographs: simulated 1k, 2k and 4k square float32 MRCs (cached in benchmarks/cache/speed/) of the
+20S proteasome at 0.9 A/px with a 180 A diameter, i.e. a 200 px box: the resampled image the
+network sees is 64/200 of the micrograph (328, 655 and 1311 px). Each (size, method) runs in a
+fresh subprocess so its peak RSS is its own.
+
+Usage:
+  python benchmarks/speed.py                      # all sizes, dense + patch-by-patch + Topaz if installed
+  python benchmarks/speed.py --sizes 1024 --no-topaz --repeats 2
+  python benchmarks/speed.py --gpu 0              # the same code path on CUDA
+
+Targets (2-core CPU): dense >= 20x faster than patch-by-patch; 4096 x 4096 end to end < 2 s; at
+least 5x faster than Topaz (bash benchmarks/setup_topaz.sh installs it in its own venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache" / "speed"
+PIXEL_A = 0.9
+DIAMETER_A = 180.0
+BOX_PX = DIAMETER_A / PIXEL_A
+
+
+def make_micrographs(size: int, count: int) -> list[Path]:
+    """``count`` simulated ``size`` x ``size`` micrographs (cached)."""
+    from deeppicker_relion.io.mrc import write_mrc
+    from deeppicker_relion.simulate import load_map, simulate_micrograph
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(count):
+        path = CACHE / f"speed_{size}_{k}.mrc"
+        if not path.is_file():
+            n = int(40 * (size / 1024) ** 2 * (200 / BOX_PX) ** -2 / 16) + 10
+            image, _ = simulate_micrograph(
+                (size, size), PIXEL_A, [load_map("proteasome20S_3j9i")], n_particles=n, snr=0.1, defocus_um=2.0, seed=size + k
+            )
+            write_mrc(path, image, PIXEL_A)
+        paths.append(path)
+    return paths
+
+
+def worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
+    """Pick ``repeats`` micrographs of one size in this process; per-micrograph seconds and peak RSS."""
+    import torch
+
+    from deeppicker_relion.io.coords import write_coordinates
+    from deeppicker_relion.model import default_weights_path, load_model, DeepPickerNet
+    from deeppicker_relion.pipeline import ParticleSize, pick_prepared, prepare, resolve_device
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = resolve_device(gpu)
+    if default_weights_path().is_file():
+        model, _ = load_model(None, device)
+    else:  # timing does not depend on the weights' values
+        model = DeepPickerNet().eval().to(device)
+    paths = make_micrographs(size, repeats)
+    size_spec = ParticleSize(box_px=BOX_PX)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # warm-up on the first micrograph (imports, thread pools, oneDNN kernels), not timed
+        warm = pick_prepared(prepare("w", str(paths[0]), size_spec), model, device=device, patch_by_patch=False)
+        write_coordinates(Path(tmp) / "warm-up.star", warm.picks, "star")
+        for path in paths:
+            start = time.perf_counter()
+            prep = prepare(path.name, str(path), size_spec)
+            result = pick_prepared(prep, model, device=device, patch_by_patch=(method == "patches"))
+            write_coordinates(Path(tmp) / f"{path.stem}.star", result.picks, "star")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+    return {"size": size, "method": method, "seconds": sorted(times)[len(times) // 2], "all": times,
+            "peak_rss_mb": peak_mb, "gpu_peak_mb": gpu_mb, "resampled": int(round(size * 64 / BOX_PX))}
+
+
+def run_worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", str(size), method, "--repeats", str(repeats)]
+    if gpu:
+        cmd += ["--gpu", gpu]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_topaz(size: int, count: int) -> float | None:
+    sys.path.insert(0, str(HERE))
+    import peers
+
+    if not peers.topaz_available():
+        return None
+    paths = make_micrographs(size, count)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, seconds = peers.run_topaz(paths, BOX_PX, Path(tmp), threshold=-6.0)
+    return seconds / count
+
+
+def run_cli(size: int, count: int) -> float:
+    """Our whole `deeppicker pick` command on the same micrographs (process start-up included)."""
+    paths = make_micrographs(size, count)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run(["deeppicker", "pick", *map(str, paths), "--box", str(BOX_PX), "-o", tmp],
+                       check=True, capture_output=True)
+        return (time.perf_counter() - start) / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--patch-sizes", type=int, nargs="*", default=None,
+                        help="sizes to time patch-by-patch (default: all; 4k takes a few minutes)")
+    parser.add_argument("--repeats", type=int, default=3, help="micrographs per size (median reported)")
+    parser.add_argument("--no-topaz", action="store_true")
+    parser.add_argument("--gpu", default=None)
+    parser.add_argument("--worker", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.gpu)))
+        return
+    patch_sizes = args.sizes if args.patch_sizes is None else args.patch_sizes
+    print(f"box {BOX_PX:.0f} px (diameter {DIAMETER_A:.0f} A at {PIXEL_A} A/px); {os.cpu_count()} CPU cores; "
+          f"device {'cuda:' + args.gpu if args.gpu else 'cpu'}; median of {args.repeats} micrographs")
+    header = f"{'size':>6} {'resampled':>9} {'dense s':>8} {'RSS MB':>7} {'patches s':>9} {'RSS MB':>7} {'speed-up':>8} {'CLI s':>6} {'Topaz s':>8} {'vs Topaz':>8}"
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        make_micrographs(size, args.repeats)
+        dense = run_worker(size, "dense", args.repeats, args.gpu)
+        patches = run_worker(size, "patches", 1, args.gpu) if size in patch_sizes else None
+        cli = run_cli(size, args.repeats)
+        topaz = None if args.no_topaz else run_topaz(size, args.repeats)
+        ps = f"{patches['seconds']:9.2f} {patches['peak_rss_mb']:7.0f} {patches['seconds'] / dense['seconds']:7.1f}x" if patches else f"{'-':>9} {'-':>7} {'-':>8}"
+        ts = f"{topaz:8.2f} {topaz / cli:7.1f}x" if topaz else f"{'-':>8} {'-':>8}"
+        print(f"{size:>6} {dense['resampled']:>9} {dense['seconds']:8.3f} {dense['peak_rss_mb']:7.0f} {ps} {cli:6.2f} {ts}", flush=True)
+    print("dense/patches: one micrograph in-process, end to end (read, preprocess, score, pick, write);")
+    print("CLI and Topaz: whole commands on the same micrographs, wall time / micrographs (start-up included).")
+
+
+if __name__ == "__main__":
+    main()
