@@ -114,7 +114,7 @@ def run_cli(size: int, count: int) -> float:
     paths = make_micrographs(size, count)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run(["deeppicker", "pick", *map(str, paths), "--box", str(BOX_PX), "-o", tmp],
+        subprocess.run(["deeppicker", "pick", *map(str, paths), "--box", str(BOX_PX), "-o", tmp, "--no-report"],
                        check=True, capture_output=True)
         return (time.perf_counter() - start) / count
 

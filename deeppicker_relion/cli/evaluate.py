@@ -5,10 +5,14 @@ first. Writes OUTDIR/evaluation.csv (per micrograph and TOTAL), OUTDIR/topn_curv
 OUTDIR/topn_curve.png (precision and recall keeping the top N = ratio x N_reference picks).
 Picks and references are coordinate files (.star, .box, text), folders or globs, paired by
 micrograph name: a pick file matches a reference file when its name starts with the reference's
-name (mic01_deeppicker.star <-> mic01.star).
+name (mic01_deeppicker.star <-> mic01.star). With --micrographs (or when --picks is a pick job folder
+whose micrographs are found from the current folder, as in a RELION project), OUTDIR/evaluation_picks.png
+shows the picks against the reference on one micrograph. When --picks is a pick job folder, its
+logfile.pdf gets these pages too.
 
 Example usage:
   deeppicker evaluate --picks 'picks/Micrographs/*_deeppicker.star' --reference 'truth/*.star' --box 64 -o eval/
+  deeppicker evaluate --picks picks/ --reference truth/ --diameter 180 --angpix 5 --micrographs mics.star -o eval/
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import JobError
-from ..evaluate import MATCH_RADIUS, evaluate, topn_curve
+from ..evaljob import pick_job_folder, run_evaluation, summary_micrographs
+from ..evaluate import MATCH_RADIUS
 from ..io.coords import read_coordinates
-from ..io.micrographs import coordinate_files
-from ..io.atomic import atomic_path
+from ..io.micrographs import coordinate_files, micrograph_list
 from .common import setup
 
 log = logging.getLogger("deeppicker.evaluate")
@@ -37,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--diameter", type=float, help="particle diameter in Angstrom (needs --angpix)")
     parser.add_argument("--angpix", type=float, help="pixel size in Angstrom (with --diameter)")
     parser.add_argument("--radius", type=float, default=MATCH_RADIUS, help="match radius as a fraction of the box (default 0.2)")
-    parser.add_argument("--threshold", type=float, default=None, help="ignore picks scoring below this")
+    parser.add_argument("--threshold", type=float, default=None, help="ignore picks scoring below this (score 0..1; default: use all picks)")
+    parser.add_argument("--micrographs", nargs="+", default=None,
+                        help="micrographs STAR, MRC files or globs: draw the picks against the reference on one of "
+                        "them (default: those of the pick job folder given as --picks, when found)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
 
@@ -85,21 +92,18 @@ def main(args: argparse.Namespace) -> int:
         raise JobError("no pick file matches any reference file (pick files must start with the reference's name)")
     if missing:
         log.warning("%d references have no pick file (counted as no picks): %s", len(missing), ", ".join(missing[:5]))
-    table = evaluate(picks, refs, box, args.radius)
-    curve = topn_curve(picks, refs, box, args.radius)
-    args.output.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output / "evaluation.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    with atomic_path(args.output / "topn_curve.csv") as tmp:
-        curve.to_csv(tmp, index=False, float_format="%.4f")
-    from ..report import plot_topn_curve
-
-    plot_topn_curve(curve, args.output / "topn_curve.png")
+    report_dir = pick_job_folder(args.picks)
+    if args.micrographs:
+        mics = micrograph_list(args.micrographs, args.angpix)
+    else:  # a pick job folder in a RELION project: its micrographs are found from its summary
+        mics = summary_micrographs(report_dir) if report_dir is not None else None
+    result = run_evaluation(picks, refs, box, args.output, args.radius, mics, report_dir)
+    table = result.table
     total = table.iloc[-1]
     print(
         f"{len(refs)} micrographs: precision {total.precision:.3f}  recall {total.recall:.3f}  "
         f"F1 {total.f1:.3f}  centre error {total.centre_error:.3f} x box  "
         f"({int(total.true_positives)} matched of {int(total.n_picks)} picks, {int(total.n_reference)} reference)"
     )
-    log.info("wrote %s, %s, %s", args.output / "evaluation.csv", args.output / "topn_curve.csv", args.output / "topn_curve.png")
+    log.info("wrote %s", ", ".join(str(f) for f in result.files))
     return 0
