@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,18 @@ import pandas as pd
 
 from .errors import DeepPickerError, JobError, MicrographError
 from .io.coords import read_coordinates, write_coordinates
+from .io.atomic import remove_stale_temporaries
 from .io.micrographs import relative_output_stem
 from .io.mrc import read_shape
 from .io.star import read_coordinate_star, read_star, write_coordinate_star, write_star
 from .model import DeepPickerNet
 from .picking import PickParams, select
-from .pipeline import MicrographResult, ParticleSize, pick_prepared, prefetch
+from .pipeline import MicrographResult, ParticleSize, check_particle_size, pick_prepared, prefetch
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = {"star": ".star", "box": ".box", "txt": ".txt"}
+ABORT_FILE = "RELION_JOB_ABORT_NOW"
 
 
 class Aborted(Exception):
@@ -55,6 +58,7 @@ class PickJob:
     fmt: str = "star"
     resume: bool = True
     shard: tuple[int, int] | None = None
+    prefetch: int = 2  # micrographs read and preprocessed ahead of scoring (0 = none)
 
     def coordinate_path(self, name: str) -> Path:
         """Coordinate file of micrograph ``name`` (its RELION path)."""
@@ -76,6 +80,25 @@ class PickJob:
 
     def is_done(self, name: str) -> bool:
         return self.coordinate_path(name).is_file() and self.candidate_path(name).is_file()
+
+
+def prepare_output_dir(outdir: Path) -> None:
+    """Create ``outdir`` and prove that files can be written there, before any work; raises
+    :class:`JobError` naming the folder otherwise (a file in the way, no permission, read-only)."""
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=outdir, prefix=".deeppicker-write-test."):
+            pass
+    except OSError as err:
+        raise JobError(f"cannot write to the output folder ({err.strerror or err})", outdir) from None
+
+
+def abort_file_poller(outdir: Path) -> Callable[[], bool]:
+    """``should_abort`` for :func:`run_pick_job`: true once ``outdir/RELION_JOB_ABORT_NOW`` exists
+    (RELION's abort button creates it; every shard and worker process writing there sees it)."""
+    path = Path(outdir) / ABORT_FILE
+    return path.exists
 
 
 def shard_rows(micrographs: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
@@ -139,24 +162,33 @@ def run_pick_job(
     total, particles, seconds)`` is called after each micrograph.
     """
     mics = shard_rows(micrographs, job.shard)
-    job.outdir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(job.outdir)
+    for stale in remove_stale_temporaries(job.outdir):
+        log.info("removed %s, left by an interrupted run", stale)
     rows: list[dict] = []
     failed: list[dict] = []
     results: list[MicrographResult] = []
     todo = mics
     if job.resume:
         done = mics["name"].map(job.is_done)
-        for _, row in mics.loc[done].iterrows():
+        for index, row in mics.loc[done].iterrows():
             name = row["name"]
-            n_picks = len(read_coordinates(job.coordinate_path(name)))
-            n_cand = len(read_coordinate_star(job.candidate_path(name)))
+            try:
+                n_picks = _count_picks(job.coordinate_path(name))
+                n_cand = _count_picks(job.candidate_path(name))
+            except DeepPickerError as err:  # unreadable output of an earlier run: pick it again
+                log.warning("picking again: %s", err)
+                done[index] = False
+                continue
             shape = _shape_or_nan(row["path"])
             rows.append(_row(name, "done before", n_picks, n_cand, 0.0, math.nan, shape, row.get("pixel_size", math.nan)))
         todo = mics.loc[~done]
         if done.any():
             log.info("%d of %d micrographs were picked before; picking the other %d", int(done.sum()), len(mics), len(todo))
+    if len(todo):
+        check_particle_size(todo, job.size)
     total, particles, start = len(mics), sum(r["n_picks"] for r in rows), time.perf_counter()
-    for row, prepared in prefetch(todo, job.size):
+    for row, prepared in prefetch(todo, job.size, ahead=job.prefetch):
         if should_abort is not None and should_abort():
             raise Aborted("abort requested")
         name = row["name"]
@@ -167,7 +199,7 @@ def run_pick_job(
         else:
             try:
                 result = pick_prepared(prepared, model, job.params, device, keep_maps=keep_results)
-                write_outputs(job, result)
+                _write_or_fail(write_outputs, job, result)
             except MicrographError as err:
                 log.error("skipped: %s", err)
                 failed.append({"rlnMicrographName": name, "reason": str(err)})
@@ -184,12 +216,22 @@ def run_pick_job(
         if on_progress is not None:
             on_progress(len(rows), total, particles, time.perf_counter() - start)
     summary = JobSummary(pd.DataFrame(rows, columns=_COLUMNS), pd.DataFrame(failed, columns=["rlnMicrographName", "reason"]), results)
-    write_star(job.summary_path, {"picking_summary": summary.table})
+    _write_or_fail(write_star, job.summary_path, {"picking_summary": summary.table})
     if failed:
-        write_star(job.failed_path, {"failed_micrographs": summary.failed})
+        # starfile cannot read back a quoted value that holds a quote ("Couldn't read ..."): drop them
+        reasons = summary.failed["reason"].astype(str).str.replace("'", "", regex=False).str.replace('"', "", regex=False)
+        _write_or_fail(write_star, job.failed_path, {"failed_micrographs": summary.failed.assign(reason=reasons)})
     elif job.failed_path.exists():
         job.failed_path.unlink()
     return summary
+
+
+def _write_or_fail(write: Callable[..., None], *args) -> None:
+    """Run a writer; a full disk or a vanished folder fails the job with one line (JobError)."""
+    try:
+        write(*args)
+    except OSError as err:
+        raise JobError(f"cannot write output ({err.strerror or err})", err.filename or "") from None
 
 
 _COLUMNS = ["rlnMicrographName", "status", "n_picks", "n_candidates", "seconds", "box_px", "rows", "cols", "pixel_size"]
@@ -208,6 +250,21 @@ def _row(
     px = math.nan if pixel_size is None else float(pixel_size)
     values = (name, status, int(n_picks), int(n_candidates), float(seconds), float(box_px), int(shape[0]), int(shape[1]), px)
     return dict(zip(_COLUMNS, values))
+
+
+def _count_picks(path: Path) -> int:
+    """Number of rows of a coordinate file; STAR files of this package are counted without a full
+    parse (a rerun of a 50,000-micrograph job reads 100,000 of them)."""
+    if path.suffix != ".star":
+        return len(read_coordinates(path))
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError) as err:  # ValueError: not text
+        raise JobError(f"cannot read ({getattr(err, 'strerror', None) or err})", path) from None
+    labels = [i for i, line in enumerate(lines) if line.startswith("_")]
+    if not labels or "loop_" not in (line.strip() for line in lines[: labels[0]]):
+        return len(read_coordinate_star(path))
+    return sum(1 for line in lines[labels[-1] + 1 :] if line.strip() and not line.lstrip().startswith(("#", "data_")))
 
 
 def _shape_or_nan(path: str) -> tuple[int, int]:

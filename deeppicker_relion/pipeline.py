@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .errors import DeepPickerError, JobError, MicrographError
-from .io.mrc import Micrograph, read_micrograph
+from .io.mrc import Micrograph, read_header, read_micrograph
 from .model import DeepPickerNet
 from .picking import PickParams, find_candidates, select
 from .preprocess import Preprocessed, preprocess
@@ -53,6 +53,49 @@ class ParticleSize:
                 "or the box in pixels", where or None
             )
         return float(self.diameter_A) / float(pixel_size)
+
+
+def check_particle_size(micrographs: pd.DataFrame, size: ParticleSize, samples: int = 3) -> None:
+    """Job-level checks of the particle size before any micrograph is picked, from the headers of
+    up to ``samples`` readable micrographs (first, middle, last, then others): raises
+    :class:`JobError` when NONE of them has a pixel size (STAR column ``pixel_size`` or MRC header)
+    although the size is a diameter in Angstrom, or when the box exceeds ALL of them. One odd
+    micrograph is left to the per-micrograph checks of :func:`prepare` (skipped, not fatal).
+    Unreadable micrographs are not sampled (they fail on their own later)."""
+    n = len(micrographs)
+    if n == 0:
+        return
+    order = list(dict.fromkeys([0, n // 2, n - 1, *range(n)]))
+    seen: list[tuple[str, tuple[int, int], float | None]] = []
+    for index in order[: max(samples, 1) + 7]:
+        row = micrographs.iloc[index]
+        try:
+            shape, header_px = read_header(row["path"])
+        except DeepPickerError:
+            continue
+        given = row.get("pixel_size", math.nan)
+        px = float(given) if given is not None and math.isfinite(float(given)) and float(given) > 0 else header_px
+        seen.append((str(row["path"]), shape, px))
+        if len(seen) >= samples:
+            break
+    if not seen:
+        return
+    path, shape, _ = seen[0]
+    if size.box_px is None and all(px is None for _, _, px in seen):
+        raise JobError(
+            "no pixel size: not in the micrographs STAR (data_optics or rlnMicrographPixelSize), not given, "
+            "and the MRC header holds 0; give the pixel size (--angpix) or the particle box in pixels (--box)",
+            path,
+        )
+    boxes = [(size.in_pixels(px, p), shp, px) for p, shp, px in seen if px is not None or size.box_px is not None]
+    if boxes and all(box > min(shp) for box, shp, _ in boxes):
+        box, shp, px = boxes[0]
+        what = f"{size.diameter_A:g} A = {box:.0f} px at {px:g} A/px" if size.diameter_A is not None else f"{box:.0f} px"
+        raise JobError(
+            f"the particle box ({what}) is larger than the micrograph ({shp[1]} x {shp[0]} px); check the "
+            "particle diameter and the pixel size",
+            path,
+        )
 
 
 @dataclass

@@ -11,6 +11,7 @@ reference: every window cut out and classified on its own).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from .model import DeepPickerNet
 from .preprocess import INPUT_SIZE
 
 DEFAULT_STEP = 4
+log = logging.getLogger(__name__)
 HALF = INPUT_SIZE // 2
 
 
@@ -62,7 +64,8 @@ def score_map_dense(
 
     Strips start at multiples of ``step`` input rows, so every strip sees exactly the windows (and
     the pooling grid) the whole image would: results do not depend on the strip size. Lower
-    ``max_pixels`` on GPUs with little memory.
+    ``max_pixels`` on GPUs with little memory. On an out-of-memory error the strip height is halved
+    and the strip retried (down to one grid row), and the smaller size is kept for the device.
     """
     model.eval()
     rows, cols = _grid_shape(image.shape, step)
@@ -70,14 +73,34 @@ def score_map_dense(
         return ScoreMap(np.zeros((max(rows, 0), max(cols, 0)), np.float32), step)
     out = np.empty((rows, cols), dtype=np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    strip_rows = max(1, (max_pixels // image.shape[1] - INPUT_SIZE) // step)
-    for r0 in range(0, rows, strip_rows):
+    max_pixels = min(max_pixels, _STRIP_LIMIT.get(str(device), max_pixels))
+    strip_rows = min(rows, max(1, (max_pixels // image.shape[1] - INPUT_SIZE) // step))
+    r0 = 0
+    while r0 < rows:
         r1 = min(rows, r0 + strip_rows)
         top = r0 * step
         bottom = (r1 - 1) * step + INPUT_SIZE
-        strip = tensor[top:bottom].to(device, non_blocking=True)[None, None]
-        out[r0:r1] = model.dense_logits(strip, step)[0].float().cpu().numpy()[: r1 - r0]
+        try:
+            strip = tensor[top:bottom].to(device, non_blocking=True)[None, None]
+            out[r0:r1] = model.dense_logits(strip, step)[0].float().cpu().numpy()[: r1 - r0]
+        except torch.cuda.OutOfMemoryError:
+            if strip_rows == 1:
+                raise
+            strip = None  # free before retrying
+            strip_rows = max(1, strip_rows // 2)
+            _STRIP_LIMIT[str(device)] = (strip_rows * step + INPUT_SIZE) * image.shape[1]
+            log.warning("out of memory on %s scoring %d x %d px: retrying in strips of %d rows (kept for later micrographs)",
+                        device, bottom - top, image.shape[1], (strip_rows - 1) * step + INPUT_SIZE)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        r0 = r1
     return ScoreMap(out, step)
+
+
+# Largest strip (input pixels) that fitted per device after an out-of-memory error: on CUDA the
+# batch of windows scored at once shrinks when memory runs short, instead of the job crashing.
+_STRIP_LIMIT: dict[str, int] = {}
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import pandas as pd
 from .errors import DeepPickerError, JobError
 from .io.coords import read_coordinates
 from .model import DeepPickerNet, save_model
+from .pickjob import Aborted
 from .pipeline import ParticleSize, prefetch
 from .training import History, TrainingSet, TrainParams, make_training_set, train
 
@@ -23,10 +25,12 @@ def build_training_set(
     coordinates: dict[str, Path],
     size: ParticleSize,
     params: TrainParams,
+    should_abort: Callable[[], bool] | None = None,
 ) -> tuple[TrainingSet, list[float]]:
     """Patches from every micrograph that has a coordinate file; returns (set, box sizes in px).
 
     Micrographs without coordinates are left out (a ManualPick job rarely covers them all).
+    ``should_abort`` is polled between micrographs (raises :class:`~.pickjob.Aborted`).
     """
     rng = np.random.default_rng(params.seed)
     use = micrographs[micrographs["name"].isin(coordinates.keys())]
@@ -34,6 +38,7 @@ def build_training_set(
         raise JobError("no coordinate file matches any micrograph (check the names and the --coords argument)")
     sets, boxes = [], []
     for row, prepared in prefetch(use, size):
+        _check_abort(should_abort)
         if isinstance(prepared, DeepPickerError):
             log.warning("skipped for training: %s", prepared)
             continue
@@ -59,13 +64,19 @@ def train_from_files(
     device: str = "cpu",
     progress: bool = False,
     extra_info: dict | None = None,
+    should_abort: Callable[[], bool] | None = None,
 ) -> tuple[DeepPickerNet, History]:
-    """Train (or fine-tune ``init``) and save the best weights to ``output`` (safetensors)."""
-    data, boxes = build_training_set(micrographs, coordinates, size, params)
+    """Train (or fine-tune ``init``) and save the best weights to ``output`` (safetensors).
+
+    ``should_abort`` is polled between micrographs and before each epoch (raises
+    :class:`~.pickjob.Aborted`; nothing is saved then).
+    """
+    data, boxes = build_training_set(micrographs, coordinates, size, params, should_abort)
     n_pos = int(data.labels.sum())
     log.info("training on %d particle and %d background patches from %d micrographs", n_pos, len(data) - n_pos, len(boxes))
     try:
-        model, history = train(data, params, device=device, init=init, progress=progress)
+        model, history = train(data, params, device=device, init=init, progress=progress,
+                               on_epoch=lambda epoch: _check_abort(should_abort))
     except ValueError as err:
         raise JobError(str(err)) from None
     info = {
@@ -87,3 +98,8 @@ def train_from_files(
         output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"],
     )
     return model, history
+
+
+def _check_abort(should_abort: Callable[[], bool] | None) -> None:
+    if should_abort is not None and should_abort():
+        raise Aborted("abort requested")

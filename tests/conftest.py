@@ -54,3 +54,27 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present (only the project's own CI and developers have it)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, str, float]:
+    """``deeppicker demo`` run once per session exactly as the README's first command (the installed
+    console script, a fresh process, in an empty folder): (its deeppicker_demo/ folder, stdout,
+    wall-clock seconds). Used by tests/test_demo.py and tests/test_readme.py."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from deeppicker_relion.model import default_weights_path
+
+    if not default_weights_path().is_file():
+        pytest.skip(f"the shipped model {default_weights_path()} is missing (being trained?)")
+    cwd = tmp_path_factory.mktemp("demo_run")
+    script = Path(sys.executable).parent / "deeppicker"
+    command = [str(script)] if script.is_file() else [shutil.which("deeppicker") or "deeppicker"]
+    start = time.perf_counter()
+    proc = subprocess.run([*command, "demo"], cwd=cwd, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, f"deeppicker demo failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return cwd / "deeppicker_demo", proc.stdout, seconds

@@ -536,3 +536,14 @@ def test_connect_maps_arguments_to_cryosparc_tools(monkeypatch):
     assert calls[2][1]["license"] == "abc" and calls[2][1]["base_port"] == "39000"
     with pytest.raises(JobError, match="not both"):
         connect("https://cs.example.org", host="node1")
+
+
+def test_cryosparc_import_cli_validates_before_contacting_a_server(tmp_path, monkeypatch, capsys):
+    """`deeppicker cryosparc-import` refuses a missing or invalid .cs with one line, before any
+    connection (the server part itself needs a running CryoSPARC and cannot run here)."""
+    from deeppicker_relion.cli.main import main as cli
+
+    monkeypatch.setenv("CRYOSPARC_PASSWORD", "unused")
+    assert cli(["cryosparc-import", str(tmp_path / "missing.cs"), "--project", "P1", "--workspace", "W1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.cs" in err[0]

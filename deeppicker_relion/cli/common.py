@@ -36,7 +36,7 @@ def particle_size(args: argparse.Namespace) -> ParticleSize:
 
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu", default=None, help="CUDA device(s), e.g. 0 or 0,1 (default: CPU)")
+    parser.add_argument("--gpu", default=None, help="CUDA device, e.g. 0 (default: CPU); pick: a list such as 0,1 runs one worker process per GPU")
     parser.add_argument("-j", "--threads", type=int, default=0, help="CPU threads (default: all cores)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every micrograph")
 

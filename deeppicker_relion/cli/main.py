@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from .. import __version__
@@ -40,16 +41,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, ``scancel``, a queue's time limit): unwinds like Ctrl-C, so that files being
+    written are removed instead of left half-written."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        previous = None
     try:
         return int(args.func(args) or 0)
     except DeepPickerError as err:
         print(f"deeppicker: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("deeppicker: interrupted", file=sys.stderr)
+        print("deeppicker: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
+    except Terminated:
+        print("deeppicker: stopped by SIGTERM; run the same command again to continue", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

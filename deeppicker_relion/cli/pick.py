@@ -4,7 +4,9 @@ Writes one coordinate file per micrograph below OUTDIR, in RELION's layout
 (OUTDIR/<micrograph path without Type/jobNNN/ and extension>_<pickname>.star), particle centres
 in pixels of the original micrograph (rlnCoordinateX = column, rlnCoordinateY = row) with the score
 as rlnAutopickFigureOfMerit; all candidates above a low floor are kept in OUTDIR/candidates/ so
---rethreshold can write new picks in seconds.
+--rethreshold can write new picks in seconds. The visual report (OUTDIR/logfile.pdf, report_*.png,
+report.txt: picks drawn on a few micrographs, the score histogram with the threshold, picks per
+micrograph) is written unless --no-report.
 
 Example usage:
   deeppicker pick CtfFind/job003/micrographs_ctf.star --diameter 180 -o picks/
@@ -15,16 +17,23 @@ Example usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..errors import JobError
 from ..io.micrographs import micrograph_list
-from ..model import load_model
-from ..pickjob import PickJob, parse_shard, rethreshold, run_pick_job, write_cryosparc
+from ..merge import write_shard_settings
+from ..model import default_weights_path, load_model
+from ..parallel import default_threads, parse_devices, pick_in_processes
+from ..pickjob import ABORT_FILE, Aborted, JobSummary, PickJob, abort_file_poller, parse_shard, prepare_output_dir
+from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
 from ..picking import PickParams
-from ..pipeline import resolve_device
+from ..pipeline import check_particle_size
 from ..selftrain import self_train
 from ..training import TrainParams
 from .common import add_compute_arguments, add_micrograph_arguments, add_size_arguments, particle_size, setup
@@ -53,7 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rethreshold", action="store_true", help="rewrite picks from saved candidates with a new --threshold / --max-picks; no scoring")
     parser.add_argument("--overwrite", action="store_true", help="pick every micrograph again (default: skip those already picked)")
     parser.add_argument("--shard", default=None, help="pick only share i of n of the micrographs, e.g. 0/4 (see deeppicker merge)")
-    parser.add_argument("--report", action="store_true", help="write PNG and PDF report (picks drawn, score histogram)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes on this machine, each picking 1/N of the micrographs, then merged (default: one "
+        "per GPU of --gpu, else 1)",
+    )
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the visual report (OUTDIR/logfile.pdf, report_*.png, report.txt: picks drawn on a few "
+        "micrographs, score histogram, picks per micrograph); written by default",
+    )
     add_compute_arguments(parser)
 
 
@@ -71,35 +93,80 @@ def main(args: argparse.Namespace) -> int:
         resume=not args.overwrite,
         shard=parse_shard(args.shard),
     )
+    prepare_output_dir(job.outdir)
     log.info("read %d micrographs from %s", len(mics), " ".join(args.micrographs))
     if args.rethreshold:
         summary = rethreshold(mics, job)
         log.info("re-thresholded %d micrographs at %.3f: %d particles", len(summary.table), args.threshold, summary.n_particles)
+        _report(args, summary, job, mics, ["re-thresholded from the saved candidates (no re-scoring)"])
         return 0 if summary.failed.empty else 1
-    device = resolve_device(args.gpu)
-    model, info = load_model(args.weights, device)
-    log.info("model %s (%s)", args.weights or "shipped general model", info.get("recipe", "no recipe recorded"))
+    devices = parse_devices(args.gpu, args.processes)
+    device = devices[0]
+    model, info = load_model(args.weights, device if len(devices) == 1 else "cpu")  # workers load their own
+    model_text = f"model {args.weights or 'shipped general model'} ({info.get('recipe', 'no recipe recorded')})"
+    log.info("%s", model_text)
     if args.self_train > 0:
+        if len(devices) > 1:
+            raise JobError("--self-train runs in one process: drop --processes and give one --gpu")
         model, _ = self_train(mics, model, size, args.self_train, params, TrainParams(max_epochs=10), str(device))
         job.resume = False
-    bar = tqdm(total=len(mics) if job.shard is None else len(mics.iloc[job.shard[0] :: job.shard[1]]), unit="mic", desc="picking")
-
-    def progress(done: int, total: int, particles: int, seconds: float) -> None:
-        bar.n = done
-        bar.set_postfix(particles=particles)
-        bar.refresh()
-
-    summary = run_pick_job(mics, model, job, str(device), on_progress=progress, keep_results=args.report)
-    bar.close()
+        model_text += f", self-trained on the top {args.self_train} picks of each micrograph"
+    if job.shard is not None:
+        write_shard_settings(job.outdir, job.shard, _settings(args))
+    try:
+        summary = _pick(args, mics, model, job, devices)
+    except Aborted:
+        print(f"deeppicker: aborted on request ({job.outdir / ABORT_FILE} exists); the micrographs picked are kept: "
+              "delete that file and run the same command to pick the rest", file=sys.stderr)
+        return 3
     if args.cs:
         n = write_cryosparc(summary.table, job, args.output / "particles.cs")
         log.info("wrote %s (%d particles for CryoSPARC)", args.output / "particles.cs", n)
-    if args.report:
-        from ..report import write_pick_report
-
-        write_pick_report(args.output, summary, job)
+    _report(args, summary, job, mics, [model_text])
     log.info(
         "picked %d particles on %d of %d micrographs into %s (%d failed)",
         summary.n_particles, summary.n_picked, len(summary.table), args.output, len(summary.failed),
     )
     return 0 if summary.n_picked > 0 else 1
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """What this shard picks with; deeppicker merge checks that all shards agree."""
+    weights = Path(args.weights) if args.weights else default_weights_path()
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+    size = {"particle_diameter": args.diameter} if args.diameter is not None else {"box_px": args.box}
+    return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
+            "max_picks": args.max_picks, "micrographs": list(args.micrographs)}
+
+
+def _pick(args: argparse.Namespace, mics, model, job: PickJob, devices: list[str]) -> JobSummary:
+    """One process with a progress bar, or one worker process per device (then merged)."""
+    if len(devices) > 1:
+        check_particle_size(mics, job.size)  # once here, not once per worker
+        threads = args.threads if args.threads and args.threads > 0 else default_threads(len(devices))
+        merged = pick_in_processes(mics, job, args.weights, devices, threads)
+        return JobSummary(merged.table, merged.failed, [])
+    total = len(shard_rows(mics, job.shard))
+    with logging_redirect_tqdm(), tqdm(total=total, unit="mic", desc="picking", disable=None) as bar:
+
+        def progress(done: int, total: int, particles: int, seconds: float) -> None:
+            bar.n = done
+            bar.set_postfix(particles=particles, refresh=False)
+            bar.refresh()
+
+        return run_pick_job(mics, model, job, devices[0], should_abort=abort_file_poller(job.outdir),
+                            on_progress=progress)
+
+
+def _report(args: argparse.Namespace, summary: JobSummary, job: PickJob, mics, notes: list[str]) -> None:
+    """The visual report, unless --no-report; a shard leaves it to ``deeppicker merge`` (it needs
+    the whole job)."""
+    if args.no_report:
+        return
+    if job.shard is not None:
+        log.info("report: skipped for a shard (written for the whole job by deeppicker merge)")
+        return
+    from ..report import write_pick_report
+
+    pdf = write_pick_report(args.output, summary, job, mics, notes=notes)
+    log.info("report: %s (and report.txt, report_*.png)", pdf)

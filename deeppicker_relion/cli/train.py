@@ -21,7 +21,8 @@ from pathlib import Path
 from ..errors import JobError
 from ..io.micrographs import coordinate_files, micrograph_list
 from ..model import load_model
-from ..pipeline import resolve_device
+from ..pickjob import prepare_output_dir
+from ..pipeline import check_particle_size, resolve_device
 from ..trainjob import train_from_files
 from ..training import TrainParams
 from .common import add_compute_arguments, add_micrograph_arguments, add_size_arguments, particle_size, setup
@@ -56,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
     mics = micrograph_list(args.micrographs, args.angpix)
     coords = coordinate_files(mics, args.coords)
     log.info("read %d micrographs; %d have coordinates", len(mics), len(coords))
+    prepare_output_dir(args.output.parent)  # before hours of training, not after
+    check_particle_size(mics[mics["name"].isin(coords.keys())], size)
     device = resolve_device(args.gpu)
     init = None
     if args.init != "scratch":
