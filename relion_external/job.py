@@ -122,11 +122,9 @@ def setup_logging(verbose: bool = False) -> None:
     err.setFormatter(warn_fmt)
     err.setLevel(logging.WARNING)
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_relion_job", False):  # ours, from an earlier call
-            root.removeHandler(handler)
+    for handler in list(root.handlers):  # the job owns its process's logging (as basicConfig(force=True))
+        root.removeHandler(handler)
     for handler in (out, out_warn, err):
-        handler._relion_job = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--max_picks", type=int, default=None, metavar="N",
              help="at most N picks per micrograph, best first (default: no limit; 0 = no limit)")
     optional(parser, "--gpu", default="", metavar="IDS",
-             help="CUDA device, e.g. 0 (a list such as 0,1 uses the first); empty = CPU (default)")
+             help="CUDA devices, e.g. 0, or 0,1 for one worker process per GPU; empty = CPU (default)")
     optional(parser, "--weights", default=None, metavar="FILE",
              help="model file (default: the shipped general model; or model.safetensors of a "
                   "deeppicker_relion_train job)")
@@ -113,7 +113,9 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     import torch
 
     from deeppicker_relion.model import default_weights_path, load_model
+    from deeppicker_relion.parallel import default_threads, parse_devices, pick_in_processes
     from deeppicker_relion.pickjob import PickJob, parse_shard, rethreshold, run_pick_job, shard_rows, write_cryosparc
+    from deeppicker_relion.report import write_pick_report
     from deeppicker_relion.picking import PickParams
     from deeppicker_relion.pipeline import ParticleSize, resolve_device
 
@@ -130,9 +132,10 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     weights = Path(args.weights) if args.weights else default_weights_path()
     if not weights.is_file():
         raise JobError("weights file not found", weights)
+    devices = parse_devices(args.gpu)
+    if len(devices) > 1 and pick.shard is not None:
+        raise JobError("--shard and a list of GPUs cannot be combined: give one GPU per shard")
     device = resolve_device(args.gpu)
-    if args.gpu and "," in str(args.gpu):
-        log.info("several GPUs given (%s): using %s", args.gpu, device)
     model, info = load_model(weights, device)
     log.info("model %s (%s); particle diameter %g A, threshold %g, max picks %s, device %s, %d threads",
              weights, info.get("recipe", "no recipe recorded"), args.particle_diameter, args.threshold,
@@ -173,7 +176,11 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     if n_done:
         log.info("%d of %d micrographs were picked before and are kept", n_done, len(mine))
 
-    summary = run_pick_job(mics, model, pick, str(device), should_abort=job.should_abort, on_progress=Progress(log))
+    if len(devices) > 1:  # one worker process per GPU, each on 1/n of the micrographs, then merged
+        del model
+        summary = pick_in_processes(mics, pick, weights, devices, threads=default_threads(len(devices)))
+    else:
+        summary = run_pick_job(mics, model, pick, str(device), should_abort=job.should_abort, on_progress=Progress(log))
     table = summary.table
     n_failed = len(summary.failed)
     if summary.n_picked == 0:
@@ -191,6 +198,9 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
                  pick.shard[0], pick.shard[1], pick.summary_path.name)
         return
     n_cs = write_cryosparc(table, pick, job.outdir / "particles.cs")
+    report = write_pick_report(job.outdir, summary, pick, mics,
+                               notes=[f"model: {weights}", f"RELION {version} External job {args.o}"])
+    log.info("visual report: %s", report)
     job_dir = str(args.o)
     node = relion_nodes.write_coordinate_node(job_dir, picked, args.pickname, args.in_mics, version)
     relion_nodes.write_output_nodes(job_dir, [(node, relion_nodes.COORDINATES)], version)
