@@ -172,6 +172,9 @@ def test_pipeline_import_pick_extract_class2d(tmp_path: Path, sim512: pd.DataFra
     assert "progress: 4/4 micrographs" in out and f"picked {n_picks} particles on 4 of 4" in out
     assert (job_dir / "run.err").read_text().strip() == ""
     assert (job_dir / "particles.cs").is_file()
+    # the visual report RELION 4/5 show for a job (logfile.pdf) and its PNGs
+    assert (job_dir / "logfile.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (job_dir / "report_micrographs.png").stat().st_size > 10_000
 
 
 def _manualpick_node(project: Path, sim512: pd.DataFrame, layout: str) -> str:
