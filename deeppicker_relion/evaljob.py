@@ -22,6 +22,7 @@ from .errors import DeepPickerError
 from .evaluate import MATCH_RADIUS, evaluate, match, topn_curve
 from .figures import display_image, plot_picks_vs_reference, plot_topn_curve
 from .io.atomic import atomic_path
+from .io.micrographs import strip_image_extension
 from .io.mrc import read_micrograph
 from .report import add_evaluation_to_report
 
@@ -109,7 +110,7 @@ def evaluation_text(result: Evaluation, box_px: float, radius: float) -> str:
 def _draw_one(picks, reference, box_px, radius, micrographs: pd.DataFrame | None, path: Path) -> Path | None:
     if micrographs is None or not len(micrographs):
         return None
-    where = {Path(str(n)).stem: str(p) for n, p in zip(micrographs["name"], micrographs["path"])}
+    where = {strip_image_extension(Path(str(n)).name): str(p) for n, p in zip(micrographs["name"], micrographs["path"])}
     for name, ref in reference.items():
         if not len(ref) or name not in where:
             continue

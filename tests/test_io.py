@@ -167,3 +167,16 @@ def test_coordinate_files_relion4_table(tmp_path: Path, monkeypatch) -> None:
     )
     found = coordinate_files(mics, ["ManualPick/job004/manualpick.star"])
     assert len(read_coordinates(found["Movies/a.mrc"])) == 3
+
+
+def test_names_with_dots_keep_them(tmp_path: Path) -> None:
+    """EPU-style names (May08_03.05.02.mrc): only the image extension is dropped."""
+    from deeppicker_relion.io.micrographs import strip_image_extension
+
+    assert strip_image_extension("May08_03.05.02.mrc") == "May08_03.05.02"
+    assert strip_image_extension("May08_03.05.02") == "May08_03.05.02"
+    assert relative_output_stem("MotionCorr/job002/Movies/May08_03.05.02.mrc") == "Movies/May08_03.05.02"
+    write_coordinate_star(tmp_path / "May08_03.05.02_deeppicker.star", PICKS)
+    write_coordinate_star(tmp_path / "May08_03.05.17_deeppicker.star", PICKS)
+    mics = pd.DataFrame({"name": ["Movies/May08_03.05.02.mrc"]})
+    assert coordinate_files(mics, [str(tmp_path)]) == {"Movies/May08_03.05.02.mrc": tmp_path / "May08_03.05.02_deeppicker.star"}

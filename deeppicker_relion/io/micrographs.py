@@ -66,11 +66,24 @@ def micrograph_list(inputs: Sequence[str | Path], pixel_size: float | None = Non
     return table
 
 
+IMAGE_EXTENSIONS = (".mrc", ".mrcs", ".tif", ".tiff", ".eer", ".map", ".st")
+
+
+def strip_image_extension(name: str) -> str:
+    """``name`` without an image file extension (``.mrc``, ``.tiff``...). Other dots stay:
+    ``May08_03.05.02.mrc`` -> ``May08_03.05.02`` (``Path.stem`` would cut ``.02`` as well)."""
+    lower = name.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
 def relative_output_stem(name: str) -> str:
     """The micrograph's path without a leading ``Type/jobNNN/`` and without extension, as RELION
     uses it below a picking job's folder (``MotionCorr/job002/Movies/a.mrc`` -> ``Movies/a``)."""
     stem = JOB_PREFIX.sub("", name.lstrip("./")) if not Path(name).is_absolute() else Path(name).name
-    return str(Path(stem).with_suffix(""))
+    return strip_image_extension(stem)
 
 
 def coordinate_files(micrographs: pd.DataFrame, coords: Sequence[str | Path]) -> dict[str, Path]:
@@ -107,7 +120,7 @@ def coordinate_files(micrographs: pd.DataFrame, coords: Sequence[str | Path]) ->
             raise JobError("coordinate file or folder not found", item)
     by_stem: dict[str, Path] = {}
     for name in micrographs["name"]:
-        stem = Path(name).stem
+        stem = strip_image_extension(Path(name).name)
         matches = [p for p in candidates if p.stem == stem or p.stem.startswith(stem + "_")]
         if len(matches) > 1:
             # Prefer the one that keeps the micrograph's sub-folder (RELION layout), then the shortest.
