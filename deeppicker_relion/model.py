@@ -116,6 +116,20 @@ def _shifted_max(x: torch.Tensor, d: int) -> torch.Tensor:
 ARCHITECTURES: dict[str, type[DeepPickerNet]] = {DeepPickerNet.architecture: DeepPickerNet}
 
 
+@torch.no_grad()
+def fold_logit_calibration(model: DeepPickerNet, scale: float, offset: float) -> DeepPickerNet:
+    """Calibrate ``model`` in place so that its logit margin becomes ``scale * margin + offset``
+    (Platt scaling), by rescaling its last layer: exact, and every scoring path (dense, patch by
+    patch, CLI, RELION job, fine-tuning from these weights) then uses the calibrated scores with no
+    code of its own. Peak positions do not change (``scale`` > 0). Returns ``model``."""
+    if not scale > 0:
+        raise ValueError(f"calibration scale must be > 0, got {scale}")
+    model.fc2.weight.mul_(scale)
+    model.fc2.bias.mul_(scale)
+    model.fc2.bias[1] += offset
+    return model
+
+
 def build_model(architecture: str = "deeppicker2016") -> DeepPickerNet:
     """A freshly initialised network of the named architecture."""
     if architecture not in ARCHITECTURES:

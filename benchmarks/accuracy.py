@@ -1,0 +1,493 @@
+"""Accuracy benchmark of the general model: leave-one-molecule-out, real micrographs, noise guard,
+contamination, self-training / semi-automated training, and Topaz side by side. Prints figures
+(markdown tables); not a timed test.
+
+    python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
+    python benchmarks/accuracy.py --only lomo      # sections: lomo, empty, real, contamination, finetune, topaz
+    python benchmarks/accuracy.py --no-train       # use only fold models that exist
+
+Held-out sets (never used to train or calibrate the model that picks them):
+- each simulated molecule: 10 test micrographs (training/cache/sim/MOL/test, seeds of their own),
+  picked by the fold model trained WITHOUT that molecule (training/cache/lomo/MOL.safetensors);
+- the 10 real EMPIAR-10028 ribosome micrographs: picked by the model trained on simulations only
+  (training/cache/lomo/ribosome.safetensors); labels are incomplete (precision is understated);
+- the 17 real apoferritin micrographs (../shared/data/apoferritin), which no model ever trains on:
+  picked by the shipped model and by every fold model;
+- 80 empty simulated micrographs (ice, noise, sometimes contamination or carbon; 20 per
+  molecule's conditions): picked by the fold model of that molecule and by the shipped model.
+
+Metrics (deeppicker_relion.evaluate): one-to-one matching within 0.2 x diameter, best score first;
+precision, recall, F1 and mean centre error / box at the default threshold 0.5; the best F1 over
+all thresholds (an oracle threshold); top-N F1 (N = number of reference particles per micrograph).
+Results are also written to benchmarks/cache/accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
+
+import make_general_model as recipe  # noqa: E402
+
+from deeppicker_relion.evaluate import MATCH_RADIUS, evaluate, match, topn_curve  # noqa: E402
+from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
+from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
+from deeppicker_relion.model import DeepPickerNet, load_model  # noqa: E402
+from deeppicker_relion.picking import PickParams, find_candidates, select  # noqa: E402
+from deeppicker_relion.preprocess import preprocess  # noqa: E402
+from deeppicker_relion.scoring import score_map_dense  # noqa: E402
+
+log = logging.getLogger("accuracy")
+CACHE = REPO / "benchmarks" / "cache"
+SHARED = REPO.parent / "shared" / "data"
+APOFERRITIN_DIR = SHARED / "apoferritin"
+APOFERRITIN_DIAMETER_PX = 57.0  # README: ~57 px disc (the ~120 A shell)
+CONTAMINATION_DIR = SHARED / "ucsf_contamination"
+THRESHOLD = 0.5
+FLOOR = 0.01
+
+
+# --------------------------------------------------------------------------------------------------
+# data sets: index tables with name, path, coords, diameter_px
+# --------------------------------------------------------------------------------------------------
+
+
+def sim_test(molecule: str, empty: bool = False) -> pd.DataFrame:
+    idx = recipe.simulate_split(molecule, "test")
+    return idx[idx["name"].str.startswith("empty_" if empty else "mic_")].reset_index(drop=True)
+
+
+def ribosome() -> pd.DataFrame:
+    return recipe.ribosome_index()
+
+
+def apoferritin() -> pd.DataFrame:
+    rows = []
+    for mrc in sorted((APOFERRITIN_DIR / "micrographs").glob("*.mrc")):
+        rows.append(dict(name=mrc.stem, path=str(mrc), coords=str(APOFERRITIN_DIR / "coords" / f"{mrc.stem}.star"),
+                         diameter_px=APOFERRITIN_DIAMETER_PX))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def references(index: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {row["name"]: read_coordinates(row["coords"]) for _, row in index.iterrows()}
+
+
+# --------------------------------------------------------------------------------------------------
+# picking and scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def pick_candidates(model: DeepPickerNet, index: pd.DataFrame, params: PickParams | None = None) -> tuple[dict[str, pd.DataFrame], float]:
+    """Every candidate (score >= FLOOR) of each micrograph, and the mean seconds per micrograph."""
+    params = params or PickParams(floor=FLOOR)
+    out, start = {}, time.perf_counter()
+    for _, row in index.iterrows():
+        mic = read_micrograph(row["path"])
+        pre = preprocess(mic.data, float(row["diameter_px"]))
+        out[row["name"]] = find_candidates(score_map_dense(model, pre.image), pre, params)
+    return out, (time.perf_counter() - start) / max(1, len(index))
+
+
+def boxes(index: pd.DataFrame) -> dict[str, float]:
+    return {row["name"]: float(row["diameter_px"]) for _, row in index.iterrows()}
+
+
+def best_f1(cands: dict[str, pd.DataFrame], refs: dict[str, pd.DataFrame], box: dict[str, float]) -> tuple[float, float]:
+    """(best F1 over one global score threshold, that threshold)."""
+    scores, hits, n_ref = [], [], 0
+    for name, ref in refs.items():
+        c = cands.get(name, pd.DataFrame({"x": [], "y": [], "score": []}))
+        matched, _ = match(c, ref, MATCH_RADIUS * box[name])
+        order = np.argsort(-c["score"].to_numpy(float), kind="stable")
+        scores.append(c["score"].to_numpy(float)[order])
+        hits.append(matched >= 0)
+        n_ref += len(ref)
+    s, h = np.concatenate(scores), np.concatenate(hits)
+    if not len(s):
+        return 0.0, float("nan")
+    order = np.argsort(-s, kind="stable")
+    tp = np.cumsum(h[order])
+    f1 = 2 * tp / (np.arange(1, len(s) + 1) + n_ref)
+    k = int(np.argmax(f1))
+    return float(f1[k]), float(s[order][k])
+
+
+def metrics(cands: dict[str, pd.DataFrame], index: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
+    refs = references(index)
+    box = boxes(index)
+    picks = {n: select(c, threshold) for n, c in cands.items()}
+    total = evaluate(picks, refs, box).iloc[-1]
+    curve = topn_curve(cands, refs, box, ratios=np.array([1.0])).iloc[0]
+    bf, bt = best_f1(cands, refs, box)
+    return dict(
+        n_micrographs=len(index), n_reference=int(total["n_reference"]), n_picks=int(total["n_picks"]),
+        precision=float(total["precision"]), recall=float(total["recall"]), f1=float(total["f1"]),
+        centre_error=float(total["centre_error"]), topn_f1=float(curve["f1"]), best_f1=bf, best_threshold=bt,
+    )  # fmt: skip
+
+
+def topn_table(cands: dict[str, pd.DataFrame], index: pd.DataFrame) -> pd.DataFrame:
+    return topn_curve(cands, references(index), boxes(index), ratios=np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------
+
+
+LOMO_DIR = recipe.CACHE / "lomo"
+WEIGHTS: Path | None = None  # the shipped model unless --weights
+
+
+def fold_path(holdout: str) -> Path:
+    return LOMO_DIR / f"{holdout}.safetensors"
+
+
+def fold_model(holdout: str, allow_train: bool) -> DeepPickerNet | None:
+    path = fold_path(holdout)
+    if not path.is_file():
+        if not allow_train:
+            log.warning("no fold model %s (run: python training/make_general_model.py --holdout %s)", path, holdout)
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recipe.make_model(path, holdout)
+    return load_model(path)[0]
+
+
+def fmt_row(name: str, m: dict) -> str:
+    return (f"| {name} | {m['n_micrographs']} | {m['n_reference']} | {m['n_picks']} | {m['precision']:.3f} | "
+            f"{m['recall']:.3f} | {m['f1']:.3f} | {m['centre_error']:.3f} | {m['topn_f1']:.3f} | "
+            f"{m['best_f1']:.3f} @ {m['best_threshold']:.2f} |")  # fmt: skip
+
+
+HEADER = ("| held-out set | mics | particles | picks | precision | recall | F1 | centre err / box | top-N F1 | best F1 @ thr |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# sections
+# --------------------------------------------------------------------------------------------------
+
+
+def section_lomo(results: dict, allow_train: bool) -> None:
+    print("\n## Leave-one-molecule-out (default threshold 0.5)\n")
+    print(HEADER)
+    for mol in recipe.molecules():
+        model = fold_model(mol, allow_train)
+        if model is None:
+            continue
+        idx = sim_test(mol)
+        cands, sec = pick_candidates(model, idx)
+        m = metrics(cands, idx)
+        m["seconds_per_micrograph"] = sec
+        m["topn"] = topn_table(cands, idx).round(3).to_dict("list")
+        results.setdefault("lomo", {})[mol] = m
+        print(fmt_row(mol, m), flush=True)
+        _per_snr(results, mol, cands, idx)
+    model = fold_model("ribosome", allow_train)
+    if model is not None:
+        idx = ribosome()
+        cands, sec = pick_candidates(model, idx)
+        m = metrics(cands, idx)
+        m["topn"] = topn_table(cands, idx).round(3).to_dict("list")
+        results.setdefault("lomo", {})["ribosome (real)"] = m
+        print(fmt_row("ribosome (real, labels incomplete)", m), flush=True)
+    for holdout in recipe.molecules() + ["ribosome"]:
+        model = fold_model(holdout, False)
+        if model is None:
+            continue
+        idx = apoferritin()
+        cands, _ = pick_candidates(model, idx)
+        m = metrics(cands, idx)
+        results.setdefault("apoferritin_by_fold", {})[holdout] = m
+        print(fmt_row(f"apoferritin (real), fold model without {holdout}", m), flush=True)
+
+
+def _per_snr(results: dict, mol: str, cands: dict, idx: pd.DataFrame) -> None:
+    bins = [(0.0, 0.05), (0.05, 0.15), (0.15, 1.0)]
+    out = {}
+    for lo, hi in bins:
+        sub = idx[(idx["snr"] >= lo) & (idx["snr"] < hi)]
+        if len(sub):
+            m = metrics({n: cands[n] for n in sub["name"]}, sub)
+            out[f"{lo}-{hi}"] = {k: m[k] for k in ("n_micrographs", "precision", "recall", "f1", "topn_f1")}
+    results.setdefault("lomo_by_snr", {})[mol] = out
+    print("|  by SNR: " + "; ".join(f"{k}: n={v['n_micrographs']} P {v['precision']:.2f} R {v['recall']:.2f} "
+                                     f"F1 {v['f1']:.2f}" for k, v in out.items()) + " | | | | | | | | | |")  # fmt: skip
+
+
+def section_shipped(results: dict) -> None:
+    print("\n## Shipped model on never-seen real data and on its own simulated test micrographs\n")
+    print(HEADER)
+    model, info = load_model(WEIGHTS)
+    idx = apoferritin()
+    cands, sec = pick_candidates(model, idx)
+    m = metrics(cands, idx)
+    m["topn"] = topn_table(cands, idx).round(3).to_dict("list")
+    m["seconds_per_micrograph"] = sec
+    results["shipped_apoferritin"] = m
+    print(fmt_row("apoferritin (real, never trained on)", m), flush=True)
+    for mol in recipe.molecules():
+        idx = sim_test(mol)
+        cands, _ = pick_candidates(model, idx)
+        m = metrics(cands, idx)
+        results.setdefault("shipped_sim_test", {})[mol] = m
+        print(fmt_row(f"{mol} test (molecule seen in training)", m), flush=True)
+
+
+def section_empty(results: dict, allow_train: bool) -> None:
+    print("\n## Noise guard: empty micrographs (ice + noise, no particles)\n")
+    print("| model | micrographs | picks / micrograph at 0.5 | max picks | candidates >= 0.1 / mic | score percentiles of candidates (50/90/99/max) |")
+    print("|---|---|---|---|---|---|")
+    shipped = load_model(WEIGHTS)[0]
+    all_scores = {"shipped": [], "fold": []}
+    counts = {"shipped": [], "fold": []}
+    for mol in recipe.molecules():
+        idx = sim_test(mol, empty=True)
+        for kind, model in (("fold", fold_model(mol, allow_train)), ("shipped", shipped)):
+            if model is None:
+                continue
+            cands, _ = pick_candidates(model, idx, PickParams(floor=1e-4))
+            n = [int((c["score"] >= THRESHOLD).sum()) for c in cands.values()]
+            counts[kind] += n
+            all_scores[kind] += [c["score"].to_numpy(float) for c in cands.values()]
+            s = np.concatenate([c["score"].to_numpy(float) for c in cands.values()])
+            n01 = np.mean([int((c["score"] >= 0.1).sum()) for c in cands.values()])
+            print(f"| {kind} ({mol} conditions) | {len(idx)} | {np.mean(n):.2f} | {max(n)} | {n01:.1f} | "
+                  f"{np.percentile(s, 50):.3g} / {np.percentile(s, 90):.3g} / {np.percentile(s, 99):.3g} / {s.max():.3g} |", flush=True)  # fmt: skip
+    hist_edges = [0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0001]
+    for kind in ("fold", "shipped"):
+        if not counts[kind]:
+            continue
+        s = np.concatenate(all_scores[kind])
+        hist, _ = np.histogram(s, bins=hist_edges)
+        results.setdefault("empty", {})[kind] = dict(
+            micrographs=len(counts[kind]), picks_per_micrograph=float(np.mean(counts[kind])),
+            max_picks=int(max(counts[kind])), histogram_edges=hist_edges, histogram_counts=hist.tolist(),
+        )  # fmt: skip
+        print(f"\n{kind} models, all {len(counts[kind])} empty micrographs: {np.mean(counts[kind]):.2f} picks per micrograph at 0.5; "
+              "histogram of candidate peak scores (per micrograph): "
+              + ", ".join(f"[{a:g},{b:.2g}): {c / len(counts[kind]):.1f}" for a, b, c in zip(hist_edges[:-1], hist_edges[1:], hist)))  # fmt: skip
+
+
+def contamination_box() -> float:
+    """The UCSF micrograph's particle is undocumented; its RELION autopicks on clean ice are
+    ~20-30 px blobs. We pick with a 28 px box."""
+    return 28.0
+
+
+def section_contamination(results: dict) -> None:
+    print("\n## Contamination / carbon check (real UCSF micrograph with a contamination mask)\n")
+    import mrcfile
+
+    model = load_model(WEIGHTS)[0]
+    path = CONTAMINATION_DIR / "Ucsf_stack_1142_DW.mrc"
+    with mrcfile.open(CONTAMINATION_DIR / "Ucsf_stack_1142_DW_contamination_mask.mrc", permissive=True) as mrc:
+        mask = np.asarray(mrc.data, dtype=np.float32)
+    out = {}
+    for box in (20.0, contamination_box(), 40.0):
+        idx = pd.DataFrame([dict(name="ucsf", path=str(path), coords="", diameter_px=box)])
+        cands, _ = pick_candidates(model, idx)
+        picks = select(cands["ucsf"], THRESHOLD)
+        x = np.clip(np.round(picks["x"].to_numpy(float)).astype(int), 0, mask.shape[1] - 1)
+        y = np.clip(np.round(picks["y"].to_numpy(float)).astype(int), 0, mask.shape[0] - 1)
+        on = mask[y, x] > 0.5
+        frac_area = float((mask > 0.5).mean())
+        out[f"box{box:g}"] = dict(picks=len(picks), on_contamination=int(on.sum()), fraction=float(on.mean()) if len(on) else 0.0,
+                                  area_fraction=frac_area)  # fmt: skip
+        print(f"box {box:g} px: {len(picks)} picks at 0.5, {int(on.sum())} on contamination (mask > 0.5) = "
+              f"{(on.mean() if len(on) else 0):.3f} of picks (the mask covers {frac_area:.3f} of the image; "
+              "RELION's autopicks: 12 of 45 = 0.27)")
+    results["contamination"] = out
+
+
+# --------------------------------------------------------------------------------------------------
+# self-training and semi-automated training on 400 picks
+# --------------------------------------------------------------------------------------------------
+
+
+def _finetune_sets(target: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(micrographs holding the 400 target picks, held-out test micrographs) of a target."""
+    if target == "ribosome":
+        idx = ribosome()
+        train_part = idx[idx["name"].str[:3].astype(int) < 300]  # CryoPPP train/valid split 061-065
+        return train_part.reset_index(drop=True), idx[idx["name"].str[:3].astype(int) > 300].reset_index(drop=True)
+    train_idx = recipe.simulate_split(target, "train")
+    return train_idx[train_idx["n_particles"] > 0].reset_index(drop=True), sim_test(target)
+
+
+def semi_automated(init: DeepPickerNet | None, index: pd.DataFrame, n_picks: int = 400, seed: int = 0,
+                   epochs: int = 10) -> DeepPickerNet:
+    """Fine-tune ``init`` (or train from scratch) on the first ``n_picks`` labelled particles of
+    ``index`` (whole micrographs, as a user would pick them), with the library's training code."""
+    from deeppicker_relion.training import TrainingSet, TrainParams, make_training_set, train
+
+    rng = np.random.default_rng(seed)
+    sets, total = [], 0
+    for _, row in index.iterrows():
+        if total >= n_picks:
+            break
+        ref = read_coordinates(row["coords"])[["x", "y"]].to_numpy(float)
+        ref = ref[: n_picks - total]
+        total += len(ref)
+        pre = preprocess(read_micrograph(row["path"]).data, float(row["diameter_px"]))
+        params = TrainParams(negative_ratio=3.0, near_miss_fraction=0.3, seed=seed)
+        sets.append(make_training_set(pre, ref, rng, params))
+    params = TrainParams(max_epochs=epochs, negative_ratio=3.0, near_miss_fraction=0.3, seed=seed,
+                         lr=0.01 if init is None else 0.003, patience=3, batch_size=128)  # fmt: skip
+    model, _ = train(TrainingSet.concat(sets), params, init=init)
+    return model
+
+
+def section_finetune(results: dict, targets: list[str]) -> None:
+    from deeppicker_relion.pipeline import ParticleSize
+    from deeppicker_relion.selftrain import self_train
+    from deeppicker_relion.training import TrainParams
+
+    print("\n## Self-training and semi-automated training (400 picks of the target)\n")
+    print("| target | model | precision | recall | F1 @ 0.5 | top-N F1 | best F1 |")
+    print("|---|---|---|---|---|---|---|")
+    for target in targets:
+        base = fold_model(target, False)
+        if base is None:
+            continue
+        labelled, test = _finetune_sets(target)
+        variants = {"general (fold) model": base}
+        # self-training on the target's own micrographs (the test micrographs; no labels used):
+        # fine-tune on every pick >= 0.5, background kept off every candidate, then pick again
+        mics = pd.DataFrame({"name": test["name"], "path": test["path"]})
+        if target == "ribosome":
+            size = ParticleSize(box_px=recipe.RIBOSOME_DIAMETER_PX)
+        else:
+            size = ParticleSize(diameter_A=float((test["diameter_px"] * test["pixel_size_A"]).median()))
+        st_params = TrainParams(max_epochs=10, negative_ratio=3.0, near_miss_fraction=0.3, lr=0.003, patience=3, batch_size=128)
+        st_model, _ = self_train(mics, base, size, 10_000, PickParams(), st_params)
+        variants["+ self-training (picks >= 0.5)"] = st_model
+        variants["semi-automated: fine-tune general on 400 picks"] = semi_automated(base, labelled)
+        variants["semi-automated: from scratch on 400 picks"] = semi_automated(None, labelled, epochs=20)
+        for name, model in variants.items():
+            cands, _ = pick_candidates(model, test)
+            m = metrics(cands, test)
+            results.setdefault("finetune", {}).setdefault(target, {})[name] = m
+            print(f"| {target} | {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['topn_f1']:.3f} | {m['best_f1']:.3f} |", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Topaz side by side
+# --------------------------------------------------------------------------------------------------
+
+
+def topaz_candidates(name: str, index: pd.DataFrame) -> dict[str, pd.DataFrame] | None:
+    """Topaz resnet16_u64 picks of a set (cached in benchmarks/cache/topaz/NAME.csv)."""
+    import peers
+
+    cache = CACHE / "topaz" / f"{name}.csv"
+    if cache.is_file():
+        table = pd.read_csv(cache, dtype={"micrograph": str})
+        return {n: g[["x", "y", "score"]].reset_index(drop=True) for n, g in table.groupby("micrograph")} | {
+            n: pd.DataFrame({"x": [], "y": [], "score": []}) for n in index["name"] if n not in set(table["micrograph"])
+        }
+    if not peers.topaz_available():
+        log.warning("Topaz is not installed: bash benchmarks/setup_topaz.sh")
+        return None
+    out, seconds = {}, 0.0
+    for diameter, group in index.groupby("diameter_px"):
+        picks, sec = peers.run_topaz([Path(p) for p in group["path"]], float(diameter), CACHE / "topaz" / f"work_{name}", threads=2)
+        seconds += sec
+        stem_to_name = {Path(p).stem: n for p, n in zip(group["path"], group["name"])}
+        out.update({stem_to_name[s]: df for s, df in picks.items()})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([df.assign(micrograph=n) for n, df in out.items()], ignore_index=True).to_csv(cache, index=False)
+    log.info("Topaz on %s: %.1f s per micrograph", name, seconds / len(index))
+    return out
+
+
+def topaz_sets() -> dict[str, tuple[pd.DataFrame, str]]:
+    """Each held-out set and the fold model that picks it."""
+    # Topaz takes 30-130 s per micrograph here (2 shared cores): the first 5 test micrographs of
+    # each simulated molecule, all 10 ribosome and the first 6 apoferritin micrographs
+    sets = {mol: (sim_test(mol).iloc[:5], mol) for mol in recipe.molecules()}
+    sets["ribosome"] = (ribosome(), "ribosome")
+    sets["apoferritin"] = (apoferritin().iloc[:6], "shipped")
+    return sets
+
+
+def section_topaz(results: dict) -> None:
+    print("\n## Side by side with Topaz (resnet16_u64 pretrained general model), same micrographs\n")
+    print("| held-out set | DeepPicker F1 @ 0.5 | DeepPicker best F1 | DeepPicker top-N F1 | Topaz F1 @ logit 0 | Topaz best F1 | Topaz top-N F1 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (idx, holdout) in topaz_sets().items():
+        tz = topaz_candidates(name, idx)
+        model = load_model(WEIGHTS)[0] if holdout == "shipped" else fold_model(holdout, False)
+        if tz is None or model is None:
+            continue
+        cands, _ = pick_candidates(model, idx)
+        ours = metrics(cands, idx)
+        # Topaz scores are logits: threshold 0 = probability 0.5, as our default
+        theirs = metrics(tz, idx, threshold=0.0)
+        results.setdefault("topaz", {})[name] = dict(deeppicker=ours, topaz=theirs)
+        print(f"| {name} | {ours['f1']:.3f} | {ours['best_f1']:.3f} | {ours['topn_f1']:.3f} | {theirs['f1']:.3f} | "
+              f"{theirs['best_f1']:.3f} | {theirs['topn_f1']:.3f} |", flush=True)  # fmt: skip
+
+
+SECTIONS = ("lomo", "shipped", "empty", "contamination", "finetune", "topaz")
+
+
+def main(argv: list[str] | None = None) -> int:
+    global LOMO_DIR, WEIGHTS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--no-train", action="store_true", help="do not train missing fold models")
+    parser.add_argument("--finetune-targets", nargs="+", default=["ribosome", "proteasome20S_3j9i"])
+    parser.add_argument("--topaz-only", action="store_true", help="only run Topaz on every set (fills its cache)")
+    parser.add_argument("--lomo-dir", type=Path, default=LOMO_DIR, help="fold models (default training/cache/lomo)")
+    parser.add_argument("--weights", type=Path, default=None, help="general model (default: the shipped one)")
+    parser.add_argument("--results", type=Path, default=CACHE / "accuracy.json")
+    parser.add_argument("-j", "--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    LOMO_DIR, WEIGHTS = args.lomo_dir, args.weights
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(args.threads)
+    if args.topaz_only:
+        for name, (idx, _) in topaz_sets().items():
+            topaz_candidates(name, idx)
+        return 0
+    results: dict = {}
+    out = args.results
+    if out.is_file():
+        results = json.loads(out.read_text())
+    allow_train = not args.no_train
+    for section in args.only:
+        if section == "lomo":
+            section_lomo(results, allow_train)
+        elif section == "shipped":
+            section_shipped(results)
+        elif section == "empty":
+            section_empty(results, allow_train)
+        elif section == "contamination":
+            section_contamination(results)
+        elif section == "finetune":
+            section_finetune(results, args.finetune_targets)
+        elif section == "topaz":
+            section_topaz(results)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
