@@ -16,11 +16,15 @@ from ..errors import DeepPickerError
 SUBCOMMANDS = ["pick", "train", "evaluate", "demo", "merge", "cryosparc_import"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole ``deeppicker`` parser; with ``only``, just that subcommand's module is imported
+    (start-up time: the others pull in matplotlib, cryosparc-tools and more)."""
     parser = argparse.ArgumentParser(prog="deeppicker", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"deeppicker {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in SUBCOMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(f".{name}", __package__)
         except ModuleNotFoundError as err:
@@ -50,8 +54,16 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def _requested(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (its module name), if any."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    name = first.replace("-", "_") if first else None
+    return name if name in SUBCOMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_requested(argv)).parse_args(argv)
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (embedded use): leave signals alone
