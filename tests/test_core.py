@@ -11,7 +11,7 @@ import torch
 
 from deeppicker_relion.errors import JobError
 from deeppicker_relion.evaluate import evaluate, match, topn_curve
-from deeppicker_relion.model import DeepPickerNet, load_model, save_model
+from deeppicker_relion.model import DeepPickerNet, build_model, load_model, save_model
 from deeppicker_relion.picking import PickParams, clean_ice, find_candidates, select
 from deeppicker_relion.preprocess import INPUT_SIZE, Preprocessed, preprocess
 from deeppicker_relion.scoring import ScoreMap, score_map_dense, score_map_patches
@@ -20,13 +20,16 @@ from deeppicker_relion.scoring import ScoreMap, score_map_dense, score_map_patch
 # --- preprocessing and coordinates through binning -------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(301, 457), (512, 512), (255, 256), (1023, 769)])
-@pytest.mark.parametrize("box", [17.0, 64.0, 150.0, 223.5])
+_SHAPES = [(301, 457), (512, 512), (255, 256), (1023, 769)]
+_BOXES = [17.0, 64.0, 150.0, 223.5]
+
+
+@pytest.mark.parametrize(
+    "shape, box", [(shape, box) for shape in _SHAPES for box in _BOXES if min(shape) >= box * 1.5]
+)
 def test_coordinates_survive_resampling(shape: tuple[int, int], box: float) -> None:
     """A Gaussian blob at a sub-pixel position is found at the mapped position after resampling
     (non-square, odd sizes, binning and up-sampling), and maps back to the original pixel."""
-    if min(shape) < box * 1.5:
-        pytest.skip("micrograph too small for this box")
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     x0, y0 = shape[1] * 0.37 + 0.3, shape[0] * 0.61 - 0.2
     sigma = box / 5
@@ -85,6 +88,48 @@ def test_dense_equals_patch_by_patch(random_model: DeepPickerNet, shape, step: i
     assert dense.scores.shape == ((shape[0] - 64) // step + 1, (shape[1] - 64) // step + 1)
     np.testing.assert_allclose(dense.scores, patches.scores, atol=1e-4)
     np.testing.assert_allclose(dense.logits, patches.logits, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def random_wide_model() -> DeepPickerNet:
+    """The wide architecture with non-trivial batch-norm statistics and affine parameters (as after
+    training), so that folding them into the convolutions is really exercised."""
+    torch.manual_seed(1)
+    model = build_model("deeppicker2016-wide")
+    with torch.no_grad():
+        for bn in model.norms:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.2, 3.0)
+            bn.weight.uniform_(-1.5, 1.5)  # negative scales too: pooling must commute with the fold
+            bn.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_wide_architecture_shapes(random_wide_model: DeepPickerNet) -> None:
+    assert random_wide_model.architecture == "deeppicker2016-wide"
+    assert [c.kernel_size[0] for c in random_wide_model.convs] == [9, 5, 3, 2]
+    assert [c.out_channels for c in random_wide_model.convs] == [16, 32, 64, 64]
+    assert random_wide_model(torch.zeros(3, 1, 64, 64)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("shape, step", [((64, 64), 1), ((97, 83), 1), ((123, 141), 2), ((300, 257), 4), ((211, 190), 8)])
+def test_wide_dense_equals_patch_by_patch(random_wide_model: DeepPickerNet, shape, step: int) -> None:
+    """Batch normalisation folded into the convolutions of the dense pass gives the network's own
+    (eval-mode) scores of every window."""
+    image = np.random.default_rng(shape[0] + step).normal(size=shape).astype(np.float32)
+    dense = score_map_dense(random_wide_model, image, step=step)
+    patches = score_map_patches(random_wide_model, image, step=step)
+    np.testing.assert_allclose(dense.logits, patches.logits, atol=1e-4)
+
+
+def test_wide_weights_round_trip(tmp_path: Path, random_wide_model: DeepPickerNet) -> None:
+    path = tmp_path / "wide.safetensors"
+    save_model(random_wide_model, path)
+    model, _ = load_model(path)
+    assert model.architecture == "deeppicker2016-wide"
+    x = torch.randn(2, 1, 64, 64)
+    torch.testing.assert_close(model(x), random_wide_model(x))
+    assert path.stat().st_size < 1_000_000
 
 
 def test_dense_strips_do_not_change_scores(random_model: DeepPickerNet) -> None:
