@@ -44,6 +44,10 @@ class TrainParams:
     min_negative_distance: float = 0.6
     seed: int = 0
     architecture: str = "deeppicker2016"
+    # learning-rate decay on plateaus: after ``lr_decay_patience`` epochs without a better
+    # validation loss the rate is multiplied by ``lr_decay_factor`` (1 = constant rate)
+    lr_decay_factor: float = 1.0
+    lr_decay_patience: int = 1
 
 
 @dataclass
@@ -276,6 +280,10 @@ def train(
             stale += 1
             if stale >= params.patience:
                 break
+            if params.lr_decay_factor < 1.0 and stale % max(1, params.lr_decay_patience) == 0:
+                for group in opt.param_groups:
+                    group["lr"] *= params.lr_decay_factor
+                log.info("learning rate -> %.3g", opt.param_groups[0]["lr"])
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)
     model.eval()
