@@ -41,7 +41,8 @@ def test_shipped_weights_load_and_are_documented(general) -> None:
     assert isinstance(model, DeepPickerNet) and model.architecture == "deeppicker2016"
     assert not model.training
     assert "make_general_model.py" in info["recipe"]
-    assert info["holdout"] is None  # the shipped model trains on everything (never on apoferritin)
+    # the shipped model is trained on random molecules only: every benchmark molecule is held out
+    assert info["holdout"] == "all" and info["real_data"] == []
     assert 0 < info["calibration"]["a"] and info["calibration"]["folded_into"] == "fc2"
     assert (path.parent / "MODEL_CARD.md").is_file()
 
@@ -83,26 +84,33 @@ def _simulated(volume, snr: float) -> tuple[dict, dict]:
 
 
 def test_picks_a_never_seen_molecule(general, unseen) -> None:
-    """Clearly visible particles (SNR 0.5) are picked at the default threshold; at SNR 0.25 the
-    ranking still finds them (top N) although many score below 0.5 (the calibration is
-    conservative: see MODEL_CARD.md)."""
+    """Clearly visible particles (SNR 0.5): the default threshold gives clean picks (precision
+    first: see MODEL_CARD.md), the README's recall threshold 0.05 finds nearly all of them; at SNR
+    0.25 the ranking still finds most (top N) while the default threshold stays precise."""
     model, _ = general
     volume, diameter_A = unseen
     box = diameter_A / PIXEL
-    images, refs = _simulated((volume, PIXEL), 0.5)
-    picks = {k: _picks(model, im, box) for k, im in images.items()}
-    total = evaluate(picks, refs, box).iloc[-1]
-    assert total["n_reference"] >= 30
-    assert total["recall"] >= 0.6, total
-    assert total["precision"] >= 0.9, total
-    assert total["centre_error"] <= 0.1, total
-    images, refs = _simulated((volume, PIXEL), 0.25)
-    cands = {}
-    for k, im in images.items():
-        pre = preprocess(im, box)
-        cands[k] = find_candidates(score_map_dense(model, pre.image), pre, PickParams(floor=0.01))
+
+    def candidates(snr: float) -> tuple[dict, dict]:
+        images, refs = _simulated((volume, PIXEL), snr)
+        cands = {}
+        for k, im in images.items():
+            pre = preprocess(im, box)
+            cands[k] = find_candidates(score_map_dense(model, pre.image), pre, PickParams(floor=0.01))
+        return cands, refs
+
+    cands, refs = candidates(0.5)
+    at_default = evaluate({k: select(c, 0.5) for k, c in cands.items()}, refs, box).iloc[-1]
+    assert at_default["n_reference"] >= 30
+    assert at_default["precision"] >= 0.9 and at_default["recall"] >= 0.4, at_default
+    assert at_default["centre_error"] <= 0.1, at_default
+    for_recall = evaluate({k: select(c, 0.05) for k, c in cands.items()}, refs, box).iloc[-1]
+    assert for_recall["recall"] >= 0.9 and for_recall["precision"] >= 0.8, for_recall
+    assert for_recall["centre_error"] <= 0.1, for_recall
+
+    cands, refs = candidates(0.25)
     curve = topn_curve(cands, refs, box, ratios=np.array([1.0])).iloc[0]
-    assert curve["recall"] >= 0.8, curve
+    assert curve["recall"] >= 0.7, curve
     at_default = evaluate({k: select(c, 0.5) for k, c in cands.items()}, refs, box).iloc[-1]
     assert at_default["precision"] >= 0.9, at_default
 

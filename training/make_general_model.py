@@ -1,54 +1,69 @@
 """Recipe of the shipped general (cross-molecule) model, from scratch, in one command.
 
     python training/make_general_model.py                      # -> deeppicker_relion/pretrained/general.safetensors
-    python training/make_general_model.py --holdout hemoglobin_4hhb -o training/cache/lomo/hemoglobin.safetensors
-    python training/make_general_model.py --holdout ribosome -o training/cache/lomo/ribosome.safetensors
+    python training/make_general_model.py --holdout none       # + the four maps and the real ribosomes
+    python training/make_general_model.py --holdout hemoglobin_4hhb    # -> training/cache/lomo/hemoglobin_4hhb.safetensors
+    python training/make_general_model.py --holdout ribosome           # simulations only
 
 Data (generated once, seeded, cached under training/cache/, git-ignored):
 
 - simulated micrographs of the four shipped maps (deeppicker_relion/data/maps, copies of
   ../shared/data/maps) with exact centres, drawn per micrograph over realistic conditions
-  (:func:`draw_conditions`): particle diameter 24-160 px (pixel sizes ~0.5-7 A/px), micrographs
-  11-18 particle diameters on a side, defocus 1-3.5 um, SNR 0.02-0.5 (log-uniform), CTF-shaped
-  ice noise, low-frequency fog and ice gradients, crowding from sparse to touching, empty
-  micrographs, contamination, carbon edges, detector-like integer and affine-scaled outputs;
-- simulated micrographs of 96 random protein-like molecules (deeppicker_relion.simulate.
-  synthetic_molecule: unions of domains in random envelopes, 30 % hollow rings/barrels, random
-  point groups, 70-450 A), a new molecule on every micrograph, under the same conditions: shape
-  diversity that four maps cannot give;
+  (:func:`draw_conditions`): particle diameter 24-160 px (pixel sizes ~0.9-7.5 A/px), micrographs
+  11-18 particle diameters on a side, defocus 1-3.5 um, SNR emphasising real binned data (70 %
+  log-uniform 0.1-0.6, 30 % 0.02-0.1), CTF-shaped ice noise, low-frequency fog and ice gradients,
+  crowding from sparse to touching, empty micrographs, contamination, carbon edges, detector-like
+  integer and affine-scaled outputs;
+- simulated micrographs of random protein-like molecules (deeppicker_relion.simulate.
+  synthetic_molecule: unions of domains in random envelopes, elongated, flat, 30 % hollow
+  rings/barrels, random point groups, 70-450 A), a new molecule on every micrograph;
+- simulated micrographs of random hollow particles (:func:`random_cage`: cages of 12, 24 or 60
+  subunits with tetrahedral / octahedral (apoferritin-like) / icosahedral symmetry, and
+  :func:`random_shell`: textured spherical shells with pores), 12-35 % of the radius thick,
+  sometimes with cargo, 70-450 A: about a quarter of the random molecules;
 - the ten real EMPIAR-10028 ribosome micrographs of ../shared/data/empiar10028_ribosome (labels
-  incomplete: background patches are kept 0.6 box away from every label AND from every dark blob
-  a label-free blob detector finds, so unlabelled ribosomes are not taught as background).
+  incomplete: background patches are kept 0.6 diameter away from every label AND from every dark
+  blob a label-free blob detector finds, so unlabelled ribosomes are not taught as background).
 
-../shared/data/apoferritin is never read here: it is the never-seen real test set.
+../shared/data/apoferritin is never read here: it is the never-seen real test set. The held-out
+test micrographs of each map (cache/sim/MAP/test, drawn over the wider SNR range 0.02-0.5) are
+generated here too, for benchmarks/accuracy.py, and never used for training or calibration.
 
-Training (DeepPicker 2016 network ``deeppicker2016``, SGD + momentum, rotations/flips):
+Training (network ``Recipe.architecture``, SGD + momentum, rotations/flips):
 1. patches: particles at their exact centres (at most 28 per simulated micrograph, all real
-   ones); background at a 4:1 ratio, 35 % of it "near misses" 0.2-0.6 box from a particle (0.2 box
-   = the match radius), the rest >= 0.6 box from every particle; empty micrographs give
-   background only; the box given to preprocessing is jittered +-12 % (users' diameters are rough);
-2. hard negatives: the round-1 model picks its own training micrographs; every candidate scoring
-   >= 0.2 that is >= 0.2 box from every true centre becomes background; fine-tune on all;
-3. calibration on whole validation micrographs (other seeds, incl. empty ones): Platt scaling of
-   the peak logit margins (a * margin + b), then an offset that puts p = 0.5 where validation F1
-   is highest with validation precision >= 0.9 (Platt's own 0.5 point left recall at 0.15-0.4 on
-   held-out molecules, best-F1 thresholds were 0.03-0.3); both folded into the last layer so that
-   every picking path (CLI, RELION job, fine-tuning) uses the calibrated scores with no code of
-   its own.
+   ones); background at a 4:1 ratio, 35 % of it "near misses" 0.2-0.6 diameter from a particle
+   (0.2 = the match radius), the rest >= 0.6 diameter from every particle; empty micrographs give
+   background only; the box given to preprocessing is jittered (users' diameters are rough);
+2. training until the validation loss (a held-out tenth of the patches) has not improved for
+   ``patience`` epochs, the learning rate divided on plateaus;
+3. hard negatives: the model picks its own training micrographs; every candidate scoring
+   >= 0.2 that is >= 0.2 diameter from every true centre becomes background; fine-tune on all;
+4. calibration on whole validation micrographs (other seeds; molecules of the training set
+   only): Platt scaling of the peak logit margins (a * margin + b), then an offset that puts
+   p = 0.5 at the best F1 over the validation micrographs of realistic SNR (>= 0.1) while the
+   empty validation micrographs get at most ``Recipe.max_empty_picks`` picks each; folded into the
+   last layer so every picking path (CLI, RELION job, fine-tuning) uses the calibrated scores.
 
-``--holdout NAME`` leaves one molecule (a map name, or ``ribosome``) out of training AND
-calibration, for the leave-one-molecule-out benchmark (benchmarks/accuracy.py).
+The shipped model is ``--holdout all`` (the default): trained and calibrated on the random
+molecules only (plus the maps' EMPTY validation micrographs for the noise guard), so every
+molecule of the benchmark is held out from it. Measured (MODEL_CARD.md): adding the four maps and
+the real ribosomes (``--holdout none``) did not pick the never-seen real apoferritin better
+(best F1 0.75 vs 0.80). ``--holdout NAME`` leaves one molecule (a map name, or ``ribosome``) out of
+training AND calibration, for the classic leave-one-molecule-out benchmark (benchmarks/accuracy.py).
+``--set FIELD=VALUE`` overrides a :class:`Recipe` field (experiments; recorded in the metadata).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import math
+import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +71,22 @@ import pandas as pd
 import torch
 from scipy import ndimage, optimize
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deeppicker_relion.evaluate import MATCH_RADIUS, evaluate, match  # noqa: E402
+from deeppicker_relion.evaluate import MATCH_RADIUS, match  # noqa: E402
 from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph, write_mrc  # noqa: E402
 from deeppicker_relion.io.star import write_coordinate_star  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet, fold_logit_calibration, load_model, save_model  # noqa: E402
-from deeppicker_relion.picking import PickParams, find_candidates, select  # noqa: E402
+from deeppicker_relion.picking import PickParams, find_candidates  # noqa: E402
 from deeppicker_relion.preprocess import INPUT_SIZE, preprocess  # noqa: E402
 from deeppicker_relion.scoring import score_map_dense  # noqa: E402
 from deeppicker_relion.simulate import (  # noqa: E402
+    _ellipsoid_union,
     available_maps,
     estimate_diameter_A,
     load_map,
@@ -86,19 +103,21 @@ RIBOSOME_DIR = SHARED / "empiar10028_ribosome"
 RIBOSOME_DIAMETER_PX = 56.0  # README: ~300 A at 5.36 A/px
 DEFAULT_OUTPUT = REPO / "deeppicker_relion" / "pretrained" / "general.safetensors"
 HALF = INPUT_SIZE // 2
-NEAR_MISS_MIN = 0.2  # x box: background windows start where a pick would no longer match (0.2 x box)
-
-# micrographs per molecule and split (the split is part of the seed: no overlap)
-SPLITS = {"train": 36, "val": 6, "test": 10}
-N_EMPTY = {"train": 0, "val": 12, "test": 20}  # extra empty micrographs (train has 8 % empties inside)
+NEAR_MISS_MIN = 0.2  # x diameter: background windows start where a pick would no longer match
 SEED = 2016
+
+# Splits (the split is part of each micrograph's seed: no overlap). "test" holds the held-out
+# test micrographs of the benchmark (first version's conditions, wide SNR 0.02-0.5: unchanged so
+# figures stay comparable); "train2"/"val2" are the training and validation data of this recipe.
+# (number of micrographs, number of extra EMPTY micrographs, SNR mode); training micrographs are
+# in addition empty with probability 0.08.
+MAP_SPLITS = {"test": (10, 20, "wide"), "train2": (40, 0, "realistic"), "val2": (8, 12, "realistic")}
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "train2": 3, "val2": 4}  # seeds; 0-1: first recipe
 SYNTHETIC = "synthetic"  # random protein-like molecules (simulate.synthetic_molecule), one per micrograph
-SYNTHETIC_SPLITS = {"train": 96, "val": 12, "test": 0}
-# Random hollow spherical cages (:func:`random_shell`), tried as a training family after models
-# failed on the apoferritin test set (they pick the dark rims of its hollow particles): it did not
-# help there (top-N F1 0.004 -> 0.008) and is NOT part of the recipe; kept for experiments.
-SHELLS = "shells"
-SHELL_SPLITS = {"train": 36, "val": 6, "test": 0}
+CAGES = "cages"  # random hollow particles (random_cage / random_shell), one per micrograph
+FAMILY_SPLITS = {SYNTHETIC: {"train2": 480, "val2": 32}, CAGES: {"train2": 160, "val2": 12}}
+FAMILY_IDS = {SYNTHETIC: 99, CAGES: 97}
+TRAIN, VAL = "train2", "val2"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,7 +156,16 @@ class Conditions:
 _DIAMETERS_PX = np.round(np.geomspace(24, 160, 9))
 
 
-def draw_conditions(rng: np.random.Generator, diameter_A: float, empty: bool = False) -> Conditions:
+def _draw_snr(rng: np.random.Generator, mode: str) -> float:
+    """'wide': log-uniform 0.02-0.5 (the held-out test sets); 'realistic': 70 % log-uniform
+    0.1-0.6 (binned real micrographs: EMPIAR-10028 ribosomes measure 0.36-0.45), 30 % 0.02-0.1."""
+    if mode == "wide":
+        return float(np.exp(rng.uniform(np.log(0.02), np.log(0.5))))
+    lo, hi = (0.1, 0.6) if rng.uniform() < 0.7 else (0.02, 0.1)
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def draw_conditions(rng: np.random.Generator, diameter_A: float, empty: bool = False, snr_mode: str = "wide") -> Conditions:
     """Realistic, widely varied conditions for one micrograph of a molecule ``diameter_A`` across."""
     allowed = [d for d in _DIAMETERS_PX if 0.9 <= diameter_A / d <= 7.5] or [float(_DIAMETERS_PX[0])]
     diameter_px = float(rng.choice(allowed))
@@ -156,7 +184,7 @@ def draw_conditions(rng: np.random.Generator, diameter_A: float, empty: bool = F
         defocus_um=float(rng.uniform(1.0, 3.5)),
         astigmatism_um=float(rng.uniform(0.0, 0.15)),
         b_factor_A2=float(rng.uniform(80, 400)),
-        snr=float(np.exp(rng.uniform(np.log(0.02), np.log(0.5)))),
+        snr=_draw_snr(rng, snr_mode),
         ice_noise_fraction=float(rng.uniform(0.15, 0.6)),
         fog_fraction=float(rng.uniform(0.05, 0.5)),
         fog_cutoff=float(np.exp(rng.uniform(np.log(0.03), np.log(0.2)))),
@@ -169,66 +197,9 @@ def draw_conditions(rng: np.random.Generator, diameter_A: float, empty: bool = F
     )
 
 
-def _molecule_diameter_A(name: str) -> float:
-    volume, pixel = load_map(name)
-    return estimate_diameter_A(volume, pixel)
-
-
-def simulate_split(molecule: str, split: str, cache: Path = CACHE) -> pd.DataFrame:
-    """Simulate (or read from the cache) one split of one molecule: ``cache/sim/MOL/SPLIT/``.
-
-    Returns the index (one row per micrograph): name, path, coords, pixel_size_A, diameter_px,
-    n_particles, snr, empty, conditions (JSON). Empty micrographs of the split are named ``empty_*``.
-    """
-    folder = cache / "sim" / molecule / split
-    index_path = folder / "index.csv"
-    if index_path.is_file():
-        return pd.read_csv(index_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    synthetic = molecule in (SYNTHETIC, SHELLS)
-    if not synthetic:
-        volume = load_map(molecule)
-        diameter_A = estimate_diameter_A(*volume)
-    mol_id = {SYNTHETIC: 99, SHELLS: 98}.get(molecule) if synthetic else molecules().index(molecule)
-    split_id = list(SPLITS).index(split)
-    rows = []
-    n_mics = {SYNTHETIC: SYNTHETIC_SPLITS, SHELLS: SHELL_SPLITS}.get(molecule, SPLITS)[split]
-    jobs = [("mic", i, False) for i in range(n_mics)] + [("empty", i, True) for i in range(0 if synthetic else N_EMPTY[split])]
-    for kind, i, forced_empty in jobs:
-        rng = np.random.default_rng(np.random.SeedSequence([SEED, mol_id, split_id, 0 if kind == "mic" else 1, i]))
-        if synthetic:  # a new random molecule, 70-450 A across, random symmetry, for every micrograph
-            size_A = float(np.exp(rng.uniform(np.log(70), np.log(450))))
-            map_px = size_A / 40
-            volume = (synthetic_molecule(size_A, map_px, seed=rng) if molecule == SYNTHETIC else random_shell(size_A, map_px, rng), map_px)
-            diameter_A = estimate_diameter_A(*volume)
-        empty = forced_empty or (split == "train" and rng.uniform() < 0.08)
-        cond = draw_conditions(rng, diameter_A, empty)
-        start = time.perf_counter()
-        sim = simulate_micrograph_parts(
-            cond.shape, cond.pixel_size_A, [volume], cond.n_particles, names=[molecule],
-            defocus_um=cond.defocus_um, astigmatism_um=cond.astigmatism_um, b_factor_A2=cond.b_factor_A2,
-            snr=cond.snr, ice_noise_fraction=cond.ice_noise_fraction, fog_fraction=cond.fog_fraction,
-            fog_cutoff=cond.fog_cutoff, mtf_falloff=cond.mtf_falloff, min_distance=cond.min_distance,
-            ice=cond.ice, n_contaminants=cond.n_contaminants, carbon_edge=cond.carbon_edge,
-            output=cond.output, seed=rng,
-        )  # fmt: skip
-        name = f"{kind}_{molecule.split('_')[0]}_{split}_{i:03d}"
-        write_mrc(folder / f"{name}.mrc", sim.image, cond.pixel_size_A)
-        write_coordinate_star(folder / f"{name}.star", sim.centres[["x", "y"]].assign(score=1.0))
-        rows.append(
-            dict(name=name, path=str(folder / f"{name}.mrc"), coords=str(folder / f"{name}.star"),
-                 pixel_size_A=cond.pixel_size_A, diameter_px=cond.diameter_px, n_particles=len(sim.centres),
-                 snr=cond.snr, empty=empty, conditions=json.dumps(asdict(cond)))
-        )  # fmt: skip
-        log.info("%s: %s %d particles, %.1f s", molecule, name, len(sim.centres), time.perf_counter() - start)
-    table = pd.DataFrame(rows)
-    table.to_csv(index_path, index=False)
-    return table
-
-
 def random_shell(diameter_A: float, pixel_size_A: float, rng: np.random.Generator) -> np.ndarray:
-    """A random hollow spherical cage (float32 [z, y, x], centred on voxel N // 2): a shell 12-35 %
-    of the radius thick, textured at the subunit scale, with pores in 0-40 % of its surface and
+    """A random hollow spherical shell (float32 [z, y, x], centred on voxel N // 2): 12-35 % of
+    the radius thick, textured at the subunit scale, with pores in 0-40 % of its surface and
     sometimes some cargo inside; density level as the shipped maps'."""
     radius = 0.5 * diameter_A / pixel_size_A
     box = 2 * math.ceil(0.625 * diameter_A / pixel_size_A) + 4
@@ -245,10 +216,128 @@ def random_shell(diameter_A: float, pixel_size_A: float, rng: np.random.Generato
     volume = shell * pores * (1 + 0.3 * texture)
     if rng.uniform() < 0.3:  # cargo
         volume += rng.uniform(0.1, 0.5) / (1 + np.exp((r - rng.uniform(0.3, 0.8) * (radius - thickness)) / edge))
-    volume = np.clip(volume, 0, None).astype(np.float32)
+    return _protein_level(np.clip(volume, 0, None))
+
+
+def random_cage(diameter_A: float, pixel_size_A: float, rng: np.random.Generator) -> np.ndarray:
+    """A random hollow protein cage (float32 [z, y, x], centred on voxel N // 2): ellipsoidal
+    subunits lying flat in a shell 12-35 % of the radius thick, repeated by the tetrahedral (12),
+    octahedral (24: apoferritin-like) or icosahedral (60) rotation group, 1-3 subunits per
+    asymmetric unit, ~5 A texture, sometimes with cargo inside."""
+    group = str(rng.choice(["T", "O", "O", "I"]))
+    mats = Rotation.create_group(group).as_matrix()
+    radius = 0.5 * diameter_A / pixel_size_A
+    box = 2 * math.ceil(0.625 * diameter_A / pixel_size_A) + 4
+    thickness = rng.uniform(0.12, 0.35)  # x radius
+    mid = 1.0 - 0.5 * thickness
+    n_per = int(rng.integers(1, 4))
+    area = 4 * np.pi * mid**2 / (len(mats) * n_per)  # shell area per subunit (unit radius)
+    centres, shapes = [], []
+    for _ in range(n_per):
+        normal = rng.normal(size=3)
+        normal /= np.linalg.norm(normal)
+        t1 = np.cross(normal, rng.normal(size=3))
+        t1 /= np.linalg.norm(t1)
+        t2 = np.cross(normal, t1)
+        aspect = rng.uniform(1.0, 2.5)
+        cover = rng.uniform(0.8, 1.4)  # < 1: gaps between subunits, > 1: overlapping
+        a = math.sqrt(cover * area * aspect / np.pi)
+        b = a / aspect
+        axes = np.column_stack([normal * 0.5 * thickness * rng.uniform(0.9, 1.2), t1 * a, t2 * b])
+        centres.append(normal * mid)
+        shapes.append(axes)
+    centres_all = np.concatenate([np.array(centres) @ m.T for m in mats])
+    shapes_all = np.concatenate([m @ np.array(shapes) for m in mats])
+    edge = max(0.5, 1.5 / pixel_size_A)
+    volume = _ellipsoid_union(box, centres_all * radius, shapes_all * radius, edge_px=edge)
+    if rng.uniform() < 0.25:  # cargo
+        grid = np.arange(box, dtype=np.float32) - box // 2
+        r = np.sqrt(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2)
+        inner = rng.uniform(0.3, 0.8) * (1 - thickness) * radius
+        volume = np.maximum(volume, rng.uniform(0.1, 0.5) / (1 + np.exp((r - inner) / edge)))
+    texture = ndimage.gaussian_filter(rng.standard_normal(volume.shape).astype(np.float32), 2.5 / pixel_size_A)
+    volume *= np.clip(1 + 0.35 * texture / max(float(texture.std()), 1e-12), 0, None)
+    volume = ndimage.gaussian_filter(volume, sigma=max(0.5, 1.5 / pixel_size_A), mode="constant")
+    return _protein_level(np.clip(volume, 0, None))
+
+
+def _protein_level(volume: np.ndarray) -> np.ndarray:
     inside = volume > 0.05 * volume.max()
-    volume *= 0.11 / float(volume[inside].mean())
-    return volume
+    return (volume * (0.11 / float(volume[inside].mean()))).astype(np.float32)
+
+
+def _family_molecule(family: str, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A new random molecule of a family, 70-450 A across: (volume, map pixel size)."""
+    size_A = float(np.exp(rng.uniform(np.log(70), np.log(450))))
+    map_px = size_A / 40
+    if family == SYNTHETIC:
+        return synthetic_molecule(size_A, map_px, seed=rng), map_px
+    if rng.uniform() < 0.6:
+        return random_cage(size_A, map_px, rng), map_px
+    return random_shell(size_A, map_px, rng), map_px
+
+
+def _split_jobs(molecule: str, split: str) -> list[tuple[str, int, bool]]:
+    if molecule in FAMILY_SPLITS:
+        return [("mic", i, False) for i in range(FAMILY_SPLITS[molecule][split])]
+    n, n_empty, _ = MAP_SPLITS[split]
+    return [("mic", i, False) for i in range(n)] + [("empty", i, True) for i in range(n_empty)]
+
+
+def _simulate_job(molecule: str, split: str, kind: str, i: int, forced_empty: bool, folder: str) -> dict:
+    """Simulate and write one micrograph of a split (in a worker process)."""
+    family = molecule in FAMILY_SPLITS
+    mol_id = FAMILY_IDS[molecule] if family else molecules().index(molecule)
+    rng = np.random.default_rng(np.random.SeedSequence([SEED, mol_id, SPLIT_IDS[split], 0 if kind == "mic" else 1, i]))
+    if family:
+        volume = _family_molecule(molecule, rng)
+    else:
+        volume = load_map(molecule)
+    diameter_A = estimate_diameter_A(*volume)
+    empty = forced_empty or (split.startswith("train") and rng.uniform() < 0.08)
+    snr_mode = "wide" if (split == "test" or split in ("train", "val")) else "realistic"
+    cond = draw_conditions(rng, diameter_A, empty, snr_mode)
+    start = time.perf_counter()
+    sim = simulate_micrograph_parts(
+        cond.shape, cond.pixel_size_A, [volume], cond.n_particles, names=[molecule],
+        defocus_um=cond.defocus_um, astigmatism_um=cond.astigmatism_um, b_factor_A2=cond.b_factor_A2,
+        snr=cond.snr, ice_noise_fraction=cond.ice_noise_fraction, fog_fraction=cond.fog_fraction,
+        fog_cutoff=cond.fog_cutoff, mtf_falloff=cond.mtf_falloff, min_distance=cond.min_distance,
+        ice=cond.ice, n_contaminants=cond.n_contaminants, carbon_edge=cond.carbon_edge,
+        output=cond.output, seed=rng, fft_workers=1,
+    )  # fmt: skip
+    name = f"{kind}_{molecule.split('_')[0]}_{split}_{i:03d}"
+    folder_p = Path(folder)
+    write_mrc(folder_p / f"{name}.mrc", sim.image, cond.pixel_size_A)
+    write_coordinate_star(folder_p / f"{name}.star", sim.centres[["x", "y"]].assign(score=1.0))
+    log.info("%s: %s %d particles, %.1f s", molecule, name, len(sim.centres), time.perf_counter() - start)
+    return dict(name=name, path=str(folder_p / f"{name}.mrc"), coords=str(folder_p / f"{name}.star"),
+                pixel_size_A=cond.pixel_size_A, diameter_px=cond.diameter_px, n_particles=len(sim.centres),
+                snr=cond.snr, empty=empty, conditions=json.dumps(asdict(cond)))  # fmt: skip
+
+
+def simulate_split(molecule: str, split: str, cache: Path = CACHE, workers: int | None = None) -> pd.DataFrame:
+    """Simulate (or read from the cache) one split of one molecule or family: ``cache/sim/MOL/SPLIT/``.
+
+    Returns the index (one row per micrograph): name, path, coords, pixel_size_A, diameter_px,
+    n_particles, snr, empty, conditions (JSON). Empty micrographs of the split are named ``empty_*``.
+    Deterministic whatever the number of worker processes.
+    """
+    folder = cache / "sim" / molecule / split
+    index_path = folder / "index.csv"
+    if index_path.is_file():
+        return pd.read_csv(index_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(molecule, split, kind, i, empty, str(folder)) for kind, i, empty in _split_jobs(molecule, split)]
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers > 1 and len(jobs) > 1:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_simulate_job, *zip(*jobs), chunksize=2))
+    else:
+        rows = [_simulate_job(*job) for job in jobs]
+    table = pd.DataFrame(rows)
+    table.to_csv(index_path, index=False)
+    return table
 
 
 def ribosome_index() -> pd.DataFrame:
@@ -269,17 +358,59 @@ def read_centres(path: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Patches
+# Recipe and patches
 # --------------------------------------------------------------------------------------------------
 
 
-def dark_blobs(image: np.ndarray, min_separation: float = 0.6) -> np.ndarray:
-    """Label-free particle-like candidates of a preprocessed (box = 64 px) image: local minima of
-    the image smoothed at the particle scale that are darker than its median by 3 x its robust
-    spread (on EMPIAR-10028 this keeps every labelled ribosome and ~40 unlabelled dark blobs
-    per micrograph). (x, y) in resampled pixels. Used to keep background patches off unlabelled particles."""
-    smooth = ndimage.gaussian_filter(image, INPUT_SIZE / 6)
-    size = int(min_separation * INPUT_SIZE) | 1
+@dataclass
+class Recipe:
+    """Training recipe constants (recorded in the weights' metadata)."""
+
+    architecture: str = "deeppicker2016"
+    context: float = 1.0  # network window = context x particle diameter
+    n_map_train: int = 40  # training micrographs per shipped map (of MAP_SPLITS["train2"])
+    n_synthetic_train: int = 480
+    n_cage_train: int = 160
+    max_positives_per_micrograph: int = 28
+    negative_ratio: float = 4.0
+    near_miss_fraction: float = 0.35
+    near_miss_min: float = NEAR_MISS_MIN  # near misses 0.2-0.6 diameter from a particle
+    near_miss_max: float = 0.6
+    empty_negatives: int = 60
+    box_jitter_lo: float = 0.88  # box given to preprocessing = diameter x log-uniform(lo, hi)
+    box_jitter_hi: float = 1.12
+    ribosome_repeats: int = 1
+    hard_negative_score: float = 0.2
+    max_hard_per_micrograph: int = 40
+    epochs_round1: int = 30
+    patience_round1: int = 3
+    epochs_round2: int = 4
+    patience_round2: int = 2
+    lr_round1: float = 0.01
+    lr_round2: float = 0.003
+    lr_decay: float = 0.3  # on a validation-loss plateau
+    batch_size: int = 128
+    calibration_min_snr: float = 0.1  # the F1-optimal threshold is set on validation micrographs of SNR >= this
+    max_empty_picks: float = 0.3  # ... with at most this many picks per empty validation micrograph
+    seed: int = SEED
+
+
+def pick_params(recipe: Recipe, **kw) -> PickParams:
+    """Picking parameters for a network window of ``context`` x diameter (distances of
+    PickParams are fractions of the window)."""
+    base = PickParams(**kw)
+    base.peak_window = base.peak_window / recipe.context
+    return base
+
+
+def dark_blobs(image: np.ndarray, unit: float = INPUT_SIZE, min_separation: float = 0.6) -> np.ndarray:
+    """Label-free particle-like candidates of a preprocessed image (particle diameter ``unit``
+    px): local minima of the image smoothed at the particle scale that are darker than its median
+    by 3 x its robust spread (on EMPIAR-10028 this keeps every labelled ribosome and ~40 unlabelled
+    dark blobs per micrograph). (x, y) in resampled pixels. Used to keep background patches off
+    unlabelled particles."""
+    smooth = ndimage.gaussian_filter(image, unit / 6)
+    size = int(min_separation * unit) | 1
     low = ndimage.minimum_filter(smooth, size=size, mode="nearest")
     spread = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
     rows, cols = np.nonzero((smooth == low) & (smooth < np.median(smooth) - 3.0 * spread))
@@ -287,10 +418,12 @@ def dark_blobs(image: np.ndarray, min_separation: float = 0.6) -> np.ndarray:
 
 
 def _sample_background(
-    shape: tuple[int, int], positives: np.ndarray, blockers: np.ndarray, n_far: int, n_near: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Background window centres (x, y): ``n_far`` >= 0.6 box from every positive and blocker,
-    ``n_near`` 0.2-0.6 box from a positive (and >= 0.2 box from all positives, 0.6 from blockers)."""
+    shape: tuple[int, int], positives: np.ndarray, blockers: np.ndarray, n_far: int, n_near: int,
+    rng: np.random.Generator, unit: float, near_min: float = NEAR_MISS_MIN, near_max: float = 0.6,
+) -> np.ndarray:  # fmt: skip
+    """Background window centres (x, y): ``n_far`` >= 0.6 diameter (``unit`` px) from every
+    positive and blocker, ``n_near`` 0.2-0.6 diameter from a positive (and >= 0.2 from all
+    positives, 0.6 from blockers)."""
     lo = np.array([HALF, HALF], float)
     hi = np.array([shape[1] - HALF, shape[0] - HALF], float)
     if np.any(hi <= lo):
@@ -301,40 +434,27 @@ def _sample_background(
     if n_near and pos_tree is not None:
         base = positives[rng.integers(0, len(positives), 6 * n_near)]
         ang = rng.uniform(0, 2 * np.pi, len(base))
-        rad = rng.uniform(NEAR_MISS_MIN, 0.6, len(base)) * INPUT_SIZE
+        rad = rng.uniform(near_min, near_max, len(base)) * unit
         pts = base + np.column_stack([np.cos(ang), np.sin(ang)]) * rad[:, None]
         pts = pts[np.all((pts >= lo) & (pts < hi), axis=1)]
-        pts = pts[pos_tree.query(pts)[0] >= NEAR_MISS_MIN * INPUT_SIZE]
+        pts = pts[pos_tree.query(pts)[0] >= near_min * unit]
         if block_tree is not None and len(pts):
-            pts = pts[block_tree.query(pts)[0] >= 0.6 * INPUT_SIZE]
+            pts = pts[block_tree.query(pts)[0] >= 0.6 * unit]
         out.append(pts[:n_near])
     if n_far:
         pts = rng.uniform(lo, hi, size=(20 * n_far + 50, 2))
         for tree in (pos_tree, block_tree):
             if tree is not None and len(pts):
-                pts = pts[tree.query(pts)[0] >= 0.6 * INPUT_SIZE]
+                pts = pts[tree.query(pts)[0] >= 0.6 * unit]
         out.append(pts[:n_far])
     return np.vstack(out) if out else np.zeros((0, 2))
 
 
-@dataclass
-class Recipe:
-    """Training recipe constants (recorded in the weights' metadata)."""
-
-    max_positives_per_micrograph: int = 28
-    negative_ratio: float = 4.0
-    near_miss_fraction: float = 0.35
-    empty_negatives: int = 60
-    box_jitter: float = 0.12
-    ribosome_repeats: int = 1
-    hard_negative_score: float = 0.2
-    max_hard_per_micrograph: int = 40
-    epochs_round1: int = 6
-    epochs_round2: int = 2
-    lr_round1: float = 0.01
-    lr_round2: float = 0.003
-    batch_size: int = 128
-    seed: int = SEED
+def _jittered_box(row: pd.Series, rng: np.random.Generator, recipe: Recipe) -> tuple[float, float]:
+    """(box given to preprocessing = context x jittered diameter, true diameter in resampled px)."""
+    jitter = float(np.exp(rng.uniform(np.log(recipe.box_jitter_lo), np.log(recipe.box_jitter_hi))))
+    box = recipe.context * float(row["diameter_px"]) * jitter
+    return box, INPUT_SIZE / recipe.context / jitter
 
 
 def micrograph_patches(
@@ -342,9 +462,8 @@ def micrograph_patches(
 ) -> tuple[TrainingSet, dict]:
     """Positive and background patches of one micrograph (see the module docstring)."""
     mic = read_micrograph(row["path"])
-    centres = read_centres(row["coords"]) if row["coords"] else np.zeros((0, 2))
-    jitter = 1.0 + rng.uniform(-recipe.box_jitter, recipe.box_jitter)
-    box = float(row["diameter_px"]) * jitter
+    centres = read_centres(row["coords"]) if isinstance(row["coords"], str) and row["coords"] else np.zeros((0, 2))
+    box, unit = _jittered_box(row, rng, recipe)
     pre = preprocess(mic.data, box)
     px, py = pre.to_resampled(centres[:, 0], centres[:, 1])
     positives = np.column_stack([px, py])
@@ -352,7 +471,7 @@ def micrograph_patches(
     use = np.flatnonzero(inside)
     if not real and len(use) > recipe.max_positives_per_micrograph:  # real particles: keep them all
         use = rng.choice(use, recipe.max_positives_per_micrograph, replace=False)
-    blockers = dark_blobs(pre.image) if real else np.zeros((0, 2))
+    blockers = dark_blobs(pre.image, unit) if real else np.zeros((0, 2))
     if len(positives):
         n_neg = int(round(recipe.negative_ratio * len(use)))
         n_near = 0 if real else int(round(recipe.near_miss_fraction * n_neg))
@@ -360,7 +479,8 @@ def micrograph_patches(
             n_near = int(round(0.2 * n_neg))
     else:
         n_neg, n_near = recipe.empty_negatives, 0
-    neg = _sample_background(pre.image.shape, positives, blockers, n_neg - n_near, n_near, rng)
+    neg = _sample_background(pre.image.shape, positives, blockers, n_neg - n_near, n_near, rng, unit,
+                             recipe.near_miss_min, recipe.near_miss_max)
     pos_p = cut_patches(pre.image, positives[use, 0], positives[use, 1])
     neg_p = cut_patches(pre.image, neg[:, 0], neg[:, 1])
     labels = np.concatenate([np.ones(len(pos_p), np.int64), np.zeros(len(neg_p), np.int64)])
@@ -368,23 +488,21 @@ def micrograph_patches(
     return TrainingSet(np.concatenate([pos_p, neg_p]), labels), info
 
 
-def hard_negatives(
-    model: DeepPickerNet, row: pd.Series, rng: np.random.Generator, recipe: Recipe
-) -> TrainingSet:
+def hard_negatives(model: DeepPickerNet, row: pd.Series, rng: np.random.Generator, recipe: Recipe) -> TrainingSet:
     """Background patches where ``model`` picks (score >= recipe.hard_negative_score) on a
-    micrograph with COMPLETE labels, >= 0.2 box from every true centre."""
+    micrograph with COMPLETE labels, >= 0.2 diameter from every true centre."""
     mic = read_micrograph(row["path"])
     centres = read_centres(row["coords"])
-    box = float(row["diameter_px"]) * (1.0 + rng.uniform(-recipe.box_jitter, recipe.box_jitter))
+    box, unit = _jittered_box(row, rng, recipe)
     pre = preprocess(mic.data, box)
     smap = score_map_dense(model, pre.image)
-    cand = find_candidates(smap, pre, PickParams(floor=recipe.hard_negative_score, clean=False, outlier_fraction=1.0))
+    cand = find_candidates(smap, pre, pick_params(recipe, floor=recipe.hard_negative_score, clean=False, outlier_fraction=1.0))
     xr, yr = pre.to_resampled(cand["x"].to_numpy(float), cand["y"].to_numpy(float))
     pts = np.column_stack([xr, yr])
     if len(centres) and len(pts):
         cx, cy = pre.to_resampled(centres[:, 0], centres[:, 1])
         d = cKDTree(np.column_stack([cx, cy])).query(pts)[0]
-        pts = pts[d >= NEAR_MISS_MIN * INPUT_SIZE]
+        pts = pts[d >= recipe.near_miss_min * unit]
     ok = (pts[:, 0] >= HALF) & (pts[:, 1] >= HALF) & (pts[:, 0] < pre.image.shape[1] - HALF) & (pts[:, 1] < pre.image.shape[0] - HALF)
     pts = pts[ok][: recipe.max_hard_per_micrograph]
     patches = cut_patches(pre.image, pts[:, 0], pts[:, 1])
@@ -396,57 +514,77 @@ def hard_negatives(
 # --------------------------------------------------------------------------------------------------
 
 
-def candidate_margins(model: DeepPickerNet, index: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Raw logit margins of every peak candidate (floor p = 1e-6) on the micrographs of ``index``
-    with complete labels, and whether each is a true particle (one-to-one, 0.2 box); also the
-    candidate tables per micrograph (for re-use)."""
-    margins, labels, per = [], [], []
+def candidate_margins(model: DeepPickerNet, index: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
+    """Every peak candidate (floor p = 1e-6) of the micrographs of ``index`` (complete labels):
+    columns micrograph, margin (raw logit margin), true (matches a particle one-to-one within 0.2
+    diameter), snr, empty; plus attrs n_reference per micrograph."""
+    per = []
+    n_ref = {}
     for _, row in index.iterrows():
         mic = read_micrograph(row["path"])
-        pre = preprocess(mic.data, float(row["diameter_px"]))
+        pre = preprocess(mic.data, recipe.context * float(row["diameter_px"]))
         smap = score_map_dense(model, pre.image)
-        cand = find_candidates(smap, pre, PickParams(floor=1e-6))
+        cand = find_candidates(smap, pre, pick_params(recipe, floor=1e-6))
         ref = read_coordinates(row["coords"])
+        n_ref[row["name"]] = len(ref)
         matched, _ = match(cand, ref, MATCH_RADIUS * float(row["diameter_px"]))
         p = np.clip(cand["score"].to_numpy(float), 1e-12, 1 - 1e-12)
-        margins.append(np.log(p / (1 - p)))
-        labels.append((matched >= 0).astype(float))  # cand is sorted by score: same order as match
-        per.append(cand.assign(micrograph=row["name"]))
-    return np.concatenate(margins), np.concatenate(labels), pd.concat(per, ignore_index=True)
+        per.append(pd.DataFrame({"micrograph": row["name"], "margin": np.log(p / (1 - p)), "true": (matched >= 0).astype(float),
+                                 "snr": float(row["snr"]), "empty": bool(row["n_particles"] == 0)}))  # fmt: skip
+    table = pd.concat(per, ignore_index=True)
+    table.attrs["n_reference"] = n_ref
+    return table
 
 
-def choose_offset(margins: np.ndarray, labels: np.ndarray, n_reference: int, min_precision: float = 0.9) -> float:
-    """Logit offset that puts the default threshold (margin 0, p = 0.5) where F1 on the validation
-    micrographs is highest while precision stays >= ``min_precision`` (a margin below the target
-    of 0.85 on held-out molecules, which score lower than the molecules a model trained on).
-    ``margins``/``labels``: every candidate of those micrographs and whether it is a true particle."""
-    order = np.argsort(-margins, kind="stable")
-    m, tp = margins[order], np.cumsum(labels[order])
+def threshold_curve(table: pd.DataFrame, n_reference: int, n_empty: int, subset: np.ndarray) -> pd.DataFrame:
+    """For every cut between consecutive margins of the ``subset`` rows (non-empty micrographs):
+    cut, precision, recall, F1 there, and picks per empty micrograph (rows with ``empty``) at it."""
+    m = table["margin"].to_numpy(float)[subset]
+    t = table["true"].to_numpy(float)[subset]
+    order = np.argsort(-m, kind="stable")
+    m, tp = m[order], np.cumsum(t[order])
     k = np.arange(1, len(m) + 1)
-    precision, f1 = tp / k, 2 * tp / (k + n_reference)
-    ok = precision >= min_precision
-    if not ok.any():
-        return 0.0
-    best = int(np.argmax(np.where(ok, f1, -1)))
-    cut = 0.5 * (m[best] + m[best + 1]) if best + 1 < len(m) else m[best] - 0.5
-    return float(np.clip(-cut, -4.0, 4.0))
+    cut = np.append(0.5 * (m[:-1] + m[1:]), m[-1] - 0.5) if len(m) else m
+    empty_m = np.sort(table["margin"].to_numpy(float)[table["empty"].to_numpy(bool)])
+    empty_picks = (len(empty_m) - np.searchsorted(empty_m, cut, side="left")) / max(1, n_empty)
+    return pd.DataFrame({"cut": cut, "precision": tp / k, "recall": tp / max(1, n_reference),
+                         "f1": 2 * tp / (k + n_reference), "empty_picks": empty_picks})  # fmt: skip
 
 
-def calibrate(model: DeepPickerNet, val: pd.DataFrame) -> dict:
-    """Platt scaling on the validation micrographs' peak candidates, then the offset of
-    :func:`choose_offset` (measured again with the Platt-scaled model), folded into the last layer."""
-    margins, labels, _ = candidate_margins(model, val)
-    a, b = fit_platt(margins, labels)
-    fold_logit_calibration(model, a, b)
-    margins2, labels2, _ = candidate_margins(model, val)
-    n_ref = int(sum(len(read_coordinates(c)) for c in val["coords"]))
-    offset = choose_offset(margins2, labels2, n_ref)
-    fold_logit_calibration(model, 1.0, offset)
-    picked = margins2 + offset >= 0
-    tp = float(labels2[picked].sum())
+def calibrate(model: DeepPickerNet, val: pd.DataFrame, recipe: Recipe) -> dict:
+    """Platt scaling on all validation candidates, then an offset putting p = 0.5 at the best F1 on
+    the validation micrographs of SNR >= ``recipe.calibration_min_snr`` subject to at most
+    ``recipe.max_empty_picks`` picks per empty validation micrograph; folded into the last layer."""
+    table = candidate_margins(model, val, recipe)
+    a, b = fit_platt(table["margin"].to_numpy(float), table["true"].to_numpy(float))
+    table["margin"] = a * table["margin"] + b
+    n_ref = table.attrs["n_reference"]
+    realistic = val[(val["snr"] >= recipe.calibration_min_snr) & (val["n_particles"] > 0)]["name"]
+    subset = table["micrograph"].isin(set(realistic)).to_numpy()
+    n_reference = int(sum(n_ref[n] for n in realistic))
+    n_empty = int((val["n_particles"] == 0).sum())
+    curve = threshold_curve(table, n_reference, n_empty, subset)
+    best = int(curve["f1"].idxmax())
+    ok = curve["empty_picks"] <= recipe.max_empty_picks
+    chosen = int(curve["f1"].where(ok, -1).idxmax()) if ok.any() else best
+    offset = float(np.clip(-curve.loc[chosen, "cut"], -6.0, 6.0))
+    fold_logit_calibration(model, a, b + offset)
+    row, row_best = curve.loc[chosen], curve.loc[best]
+    all_sub = (table["micrograph"].isin(set(val[val["n_particles"] > 0]["name"]))).to_numpy()
+    picked = (table["margin"].to_numpy(float) + offset >= 0) & all_sub
+    n_ref_all = int(sum(n_ref[n] for n in val[val["n_particles"] > 0]["name"]))
+    tp_all = float(table["true"].to_numpy(float)[picked].sum())
     return {"a": a, "b": b, "offset": offset, "folded_into": "fc2", "fit_on": f"{len(val)} validation micrographs",
-            "n_candidates": int(len(labels)), "n_true": int(labels.sum()), "n_reference": n_ref,
-            "val_precision": tp / max(1, int(picked.sum())), "val_recall": tp / max(1, n_ref)}  # fmt: skip
+            "n_candidates": int(len(table)), "n_true": int(table["true"].sum()),
+            "rule": f"best F1 on validation micrographs with SNR >= {recipe.calibration_min_snr} "
+                    f"with <= {recipe.max_empty_picks} picks per empty validation micrograph",
+            "val_realistic": {"micrographs": int(len(realistic)), "precision": float(row["precision"]), "recall": float(row["recall"]),
+                              "f1": float(row["f1"]), "empty_picks": float(row["empty_picks"])},
+            "val_realistic_unconstrained_best": {"offset": float(-row_best["cut"]), "precision": float(row_best["precision"]),
+                                                 "recall": float(row_best["recall"]), "f1": float(row_best["f1"]),
+                                                 "empty_picks": float(row_best["empty_picks"])},
+            "val_all_snr": {"precision": tp_all / max(1, int(picked.sum())), "recall": tp_all / max(1, n_ref_all)},
+            "n_empty_validation": n_empty}  # fmt: skip
 
 
 def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -465,12 +603,17 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def training_index(holdout: str | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def training_index(holdout: str | None, recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(simulated training micrographs, real ribosome micrographs or empty, validation micrographs)."""
-    names = [m for m in molecules() if m != holdout] + [SYNTHETIC]
-    sims = [simulate_split(m, "train") for m in names]
-    vals = [simulate_split(m, "val") for m in names]
-    ribo = ribosome_index() if holdout != "ribosome" else ribosome_index().iloc[0:0]
+    maps = [] if holdout == "all" else [m for m in molecules() if m != holdout]
+    sims = [simulate_split(m, TRAIN).head(recipe.n_map_train) for m in maps]
+    sims.append(simulate_split(SYNTHETIC, TRAIN).head(recipe.n_synthetic_train))
+    sims.append(simulate_split(CAGES, TRAIN).head(recipe.n_cage_train))
+    vals = [simulate_split(m, VAL) for m in maps + [SYNTHETIC, CAGES]]
+    # the held-out maps' EMPTY validation micrographs (ice, noise, contamination, carbon: no particle
+    # of the molecule) still calibrate the noise guard
+    vals += [v[v["n_particles"] == 0] for v in (simulate_split(m, VAL) for m in molecules() if m not in maps)]
+    ribo = ribosome_index() if holdout not in ("ribosome", "all") else ribosome_index().iloc[0:0]
     return pd.concat(sims, ignore_index=True), ribo, pd.concat(vals, ignore_index=True)
 
 
@@ -494,76 +637,111 @@ def make_model(
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    sim, ribo, val = training_index(holdout)
+    sim, ribo, val = training_index(holdout, recipe)
     rng = np.random.default_rng(recipe.seed)
     data = build_set(sim, ribo, recipe, rng)
     n_pos = int(data.labels.sum())
-    log.info("round 1: %d particle and %d background patches (%.0f s)", n_pos, len(data) - n_pos, time.perf_counter() - t0)
-    params1 = TrainParams(max_epochs=recipe.epochs_round1, batch_size=recipe.batch_size, lr=recipe.lr_round1,
-                          patience=3, seed=recipe.seed)  # fmt: skip
+    log.info("round 1: %d particle and %d background patches from %d micrographs (%.0f s)", n_pos, len(data) - n_pos,
+             len(sim) + len(ribo), time.perf_counter() - t0)  # fmt: skip
+    common = dict(batch_size=recipe.batch_size, architecture=recipe.architecture, lr_decay_factor=recipe.lr_decay)
+    params1 = TrainParams(max_epochs=recipe.epochs_round1, lr=recipe.lr_round1, patience=recipe.patience_round1,
+                          seed=recipe.seed, **common)  # fmt: skip
     model, hist1 = train(data, params1)
-    log.info("round 1 done: best epoch %d, val loss %.4f (%.0f s)", hist1.best_epoch + 1,
+    log.info("round 1 done: best epoch %d of %d, val loss %.4f (%.0f s)", hist1.best_epoch + 1, len(hist1.val_loss),
              hist1.val_loss[hist1.best_epoch], time.perf_counter() - t0)  # fmt: skip
     hard = TrainingSet.concat([hard_negatives(model, row, rng, recipe) for _, row in sim.iterrows()])
     log.info("round 2: %d hard negatives (%.0f s)", len(hard), time.perf_counter() - t0)
-    params2 = TrainParams(max_epochs=recipe.epochs_round2, batch_size=recipe.batch_size, lr=recipe.lr_round2,
-                          patience=2, seed=recipe.seed + 1)  # fmt: skip
-    model, hist2 = train(TrainingSet.concat([data, hard]), params2, init=model)
-    log.info("round 2 done: best epoch %d, val loss %.4f (%.0f s)", hist2.best_epoch + 1,
-             hist2.val_loss[hist2.best_epoch], time.perf_counter() - t0)  # fmt: skip
-    calibration = calibrate(model, val)
+    hist2 = None
+    if recipe.epochs_round2 > 0:
+        params2 = TrainParams(max_epochs=recipe.epochs_round2, lr=recipe.lr_round2, patience=recipe.patience_round2,
+                              seed=recipe.seed + 1, **common)  # fmt: skip
+        model, hist2 = train(TrainingSet.concat([data, hard]), params2, init=model)
+        log.info("round 2 done: best epoch %d of %d, val loss %.4f (%.0f s)", hist2.best_epoch + 1, len(hist2.val_loss),
+                 hist2.val_loss[hist2.best_epoch], time.perf_counter() - t0)  # fmt: skip
+    calibration = calibrate(model, val, recipe)
     log.info("calibration %s (%.0f s)", calibration, time.perf_counter() - t0)
+    maps = [] if holdout == "all" else [m for m in molecules() if m != holdout]
     info = {
-        "recipe": "training/make_general_model.py" + (f" --holdout {holdout}" if holdout else ""),
+        "recipe": "training/make_general_model.py" + (f" --holdout {holdout}" if holdout else " --holdout none"),
         "holdout": holdout,
-        "molecules": [m for m in molecules() if m != holdout] + [f"{SYNTHETIC_SPLITS['train']} random synthetic molecules"],
-        "real_data": [] if holdout == "ribosome" else ["EMPIAR-10028 ribosome (10 micrographs, ../shared)"],
+        "architecture": recipe.architecture,
+        "context": recipe.context,
+        "molecules": maps + [f"{recipe.n_synthetic_train} random synthetic molecules",
+                             f"{recipe.n_cage_train} random hollow cages/shells"],
+        "real_data": [] if holdout in ("ribosome", "all") else ["EMPIAR-10028 ribosome (10 micrographs, ../shared)"],
         "recipe_params": asdict(recipe),
         "n_particles": n_pos,
         "n_background": len(data) - n_pos + len(hard),
         "n_hard_negatives": len(hard),
         "calibration": calibration,
-        "val_loss_round1": hist1.val_loss[hist1.best_epoch],
-        "val_loss_round2": hist2.val_loss[hist2.best_epoch],
+        "epochs_round1": len(hist1.val_loss),
+        "val_loss_round1": hist1.val_loss,
+        "val_loss_round2": hist2.val_loss if hist2 else [],
         "seconds": round(time.perf_counter() - t0),
         "torch": torch.__version__,
-    }
+    }  # fmt: skip
     save_model(model, output, info)
     log.info("wrote %s (%.0f s)", output, time.perf_counter() - t0)
     return info
 
 
+def parse_overrides(items: list[str]) -> Recipe:
+    """``FIELD=VALUE`` strings -> a :class:`Recipe` with those fields changed."""
+    recipe = Recipe()
+    types = {f.name: type(getattr(recipe, f.name)) for f in fields(Recipe)}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown recipe field {key!r}; known: {', '.join(types)}")
+        setattr(recipe, key, types[key](value))
+    return recipe
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=None, help=f"weights file (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--holdout", default=None, help="leave this molecule (map name or 'ribosome') out")
+    parser.add_argument("--holdout", default="all",
+                        help="leave this molecule (map name or 'ribosome') out; 'all' (default: the shipped "
+                             "model) leaves out every map and the ribosomes; 'none' trains on everything")
     parser.add_argument("--simulate-only", action="store_true", help="generate the cached data and stop")
     parser.add_argument("--recalibrate", type=Path, default=None,
-                        help="only redo step 3 (calibration) of an existing weights file, written to --output")
+                        help="only redo step 4 (calibration) of an existing weights file, written to --output")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields (experiments)")
     parser.add_argument("-j", "--threads", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    if args.holdout and args.holdout != "ribosome" and args.holdout not in molecules():
-        parser.error(f"--holdout must be one of {molecules()} or 'ribosome'")
+    if args.holdout not in ("ribosome", "all", "none") and args.holdout not in molecules():
+        parser.error(f"--holdout must be one of {molecules()}, 'ribosome', 'all' or 'none'")
+    default_output = (DEFAULT_OUTPUT if args.holdout == "all" else CACHE / "general_with_maps.safetensors"
+                      if args.holdout == "none" else CACHE / "lomo" / f"{args.holdout}.safetensors")  # fmt: skip
+    args.holdout = None if args.holdout == "none" else args.holdout
+    recipe = parse_overrides(args.set)
     if args.simulate_only:
         for m in molecules():
-            for split in SPLITS:
+            for split in MAP_SPLITS:
                 simulate_split(m, split)
+        for family, splits in FAMILY_SPLITS.items():
+            for split in splits:
+                simulate_split(family, split)
         return 0
-    output = args.output or (DEFAULT_OUTPUT if args.holdout is None else CACHE / "lomo" / f"{args.holdout}.safetensors")
+    output = args.output or default_output
     output.parent.mkdir(parents=True, exist_ok=True)
     if args.recalibrate:
         if args.threads:
             torch.set_num_threads(args.threads)
         model, info = load_model(args.recalibrate)
+        recipe = Recipe(**{k: v for k, v in info.get("recipe_params", {}).items() if k in {f.name for f in fields(Recipe)}})
+        recipe = Recipe(**{**asdict(recipe), **asdict(parse_overrides(args.set))}) if args.set else recipe
         previous = info.get("calibration", {})
-        _, _, val = training_index(args.holdout)
-        info["calibration"] = calibrate(model, val)
-        info["calibration"]["previous"] = previous
+        _, _, val = training_index(args.holdout, recipe)
+        a, b, off = previous.get("a", 1.0), previous.get("b", 0.0), previous.get("offset", 0.0)
+        fold_logit_calibration(model, 1.0 / a, -(b + off) / a)  # undo the previous calibration
+        info["calibration"] = calibrate(model, val, recipe)
+        info["recipe_params"] = asdict(recipe)
         save_model(model, output, info)
         log.info("recalibrated %s -> %s: %s", args.recalibrate, output, info["calibration"])
         return 0
-    make_model(output, args.holdout, threads=args.threads)
+    make_model(output, args.holdout, recipe, threads=args.threads)
     return 0
 
 
