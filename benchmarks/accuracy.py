@@ -47,7 +47,7 @@ from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet  # noqa: E402
 from deeppicker_relion.model import load_model as _load_model  # noqa: E402
-from deeppicker_relion.picking import PickParams, find_candidates, select  # noqa: E402
+from deeppicker_relion.picking import PickParams, find_candidates, select, select_picks  # noqa: E402
 from deeppicker_relion.preprocess import preprocess  # noqa: E402
 from deeppicker_relion.scoring import score_map_dense  # noqa: E402
 
@@ -146,10 +146,17 @@ def best_f1(cands: dict[str, pd.DataFrame], refs: dict[str, pd.DataFrame], box: 
     return float(f1[k]), float(s[order][k])
 
 
+def default_picks(candidates: pd.DataFrame) -> pd.DataFrame:
+    """The picks ``deeppicker pick`` writes at its defaults (threshold 0.5 with the two-level rule)."""
+    return select_picks(candidates, PickParams())
+
+
 def metrics(cands: dict[str, pd.DataFrame], index: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
     refs = references(index)
     box = boxes(index)
-    picks = {n: select(c, threshold) for n, c in cands.items()}
+    # at our default threshold: the pickers' two-level rule (PickParams.low_threshold / min_confident)
+    low = PickParams().low_threshold if threshold == THRESHOLD else None
+    picks = {n: select(c, threshold, None, low, PickParams().min_confident) for n, c in cands.items()}
     total = evaluate(picks, refs, box).iloc[-1]
     curve = topn_curve(cands, refs, box, ratios=np.array([1.0])).iloc[0]
     bf, bt = best_f1(cands, refs, box)
@@ -289,7 +296,7 @@ def section_empty(results: dict, allow_train: bool) -> None:
             if model is None:
                 continue
             cands, _ = pick_candidates(model, idx, PickParams(floor=1e-4))
-            n = [int((c["score"] >= THRESHOLD).sum()) for c in cands.values()]
+            n = [len(default_picks(c)) for c in cands.values()]  # what the picker writes at its defaults
             counts[kind] += n
             all_scores[kind] += [c["score"].to_numpy(float) for c in cands.values()]
             s = np.concatenate([c["score"].to_numpy(float) for c in cands.values()])
@@ -329,7 +336,7 @@ def section_contamination(results: dict) -> None:
     for box in (20.0, contamination_box(), 40.0):
         idx = pd.DataFrame([dict(name="ucsf", path=str(path), coords="", diameter_px=box)])
         cands, _ = pick_candidates(model, idx)
-        picks = select(cands["ucsf"], THRESHOLD)
+        picks = default_picks(cands["ucsf"])
         x = np.clip(np.round(picks["x"].to_numpy(float)).astype(int), 0, mask.shape[1] - 1)
         y = np.clip(np.round(picks["y"].to_numpy(float)).astype(int), 0, mask.shape[0] - 1)
         on = mask[y, x] > 0.5

@@ -37,6 +37,12 @@ class PickParams:
 
     threshold: float = 0.5
     max_picks: int | None = None
+    # two-level threshold: on a micrograph with at least ``min_confident`` picks >= ``threshold``
+    # (it holds particles), candidates down to ``low_threshold`` are kept too; micrographs with
+    # fewer (empty ice, carbon, contamination) keep only those >= ``threshold``. Off when
+    # low_threshold >= threshold. Measured: benchmarks/accuracy.py, MODEL_CARD.md.
+    low_threshold: float = 0.05
+    min_confident: int = 5
     floor: float = 0.05
     clean: bool = True
     clean_threshold: float = 0.5
@@ -147,9 +153,28 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def select(candidates: pd.DataFrame, threshold: float = 0.5, max_picks: int | None = None) -> pd.DataFrame:
-    """Candidates at or above ``threshold``, best first, at most ``max_picks`` of them."""
-    picks = candidates[candidates["score"] >= threshold].sort_values("score", ascending=False, kind="stable")
+def select_picks(candidates: pd.DataFrame, params: PickParams) -> pd.DataFrame:
+    """:func:`select` with the thresholds of ``params`` (what every picking path uses)."""
+    return select(candidates, params.threshold, params.max_picks, params.low_threshold, params.min_confident)
+
+
+def select(
+    candidates: pd.DataFrame,
+    threshold: float = 0.5,
+    max_picks: int | None = None,
+    low_threshold: float | None = None,
+    min_confident: int = 5,
+) -> pd.DataFrame:
+    """Candidates at or above ``threshold``, best first, at most ``max_picks`` of them.
+
+    With ``low_threshold`` (< ``threshold``): if at least ``min_confident`` candidates score
+    ``threshold`` or more (the micrograph holds particles), every candidate scoring
+    ``low_threshold`` or more is kept instead."""
+    cut = threshold
+    if low_threshold is not None and low_threshold < threshold:
+        if int((candidates["score"] >= threshold).sum()) >= max(1, int(min_confident)):
+            cut = low_threshold
+    picks = candidates[candidates["score"] >= cut].sort_values("score", ascending=False, kind="stable")
     if max_picks is not None and max_picks >= 0:
         picks = picks.head(max_picks)
     return picks.reset_index(drop=True)

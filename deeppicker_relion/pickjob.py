@@ -34,7 +34,7 @@ from .io.micrographs import relative_output_stem
 from .io.mrc import read_shape
 from .io.star import read_coordinate_star, read_star, write_coordinate_star, write_star
 from .model import DeepPickerNet
-from .picking import PickParams, select
+from .picking import PickParams, select_picks
 from .pipeline import MicrographResult, ParticleSize, check_particle_size, pick_prepared, prefetch
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
             rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
             continue
         candidates = read_coordinate_star(path)
-        picks = select(candidates, job.params.threshold, job.params.max_picks)
+        picks = select_picks(candidates, job.params)
         box = job.size.box_px if job.size.box_px is not None else 0
         write_coordinates(job.coordinate_path(name), picks, job.fmt, box_px=int(round(box)) or 64)
         rows.append(_row(name, "picked", len(picks), len(candidates), 0.0, math.nan))

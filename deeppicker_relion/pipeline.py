@@ -20,7 +20,7 @@ import torch
 from .errors import DeepPickerError, JobError, MicrographError
 from .io.mrc import Micrograph, read_header, read_micrograph
 from .model import DeepPickerNet
-from .picking import PickParams, find_candidates, select
+from .picking import PickParams, find_candidates, select_picks
 from .preprocess import Preprocessed, preprocess
 from .scoring import DEFAULT_STEP, ScoreMap, score_map_dense, score_map_patches
 
@@ -160,7 +160,7 @@ def pick_prepared(
     scorer = score_map_patches if patch_by_patch else score_map_dense
     smap = scorer(model, prep.pre.image, step=step, device=device)
     candidates = find_candidates(smap, prep.pre, params)
-    picks = select(candidates, params.threshold, params.max_picks)
+    picks = select_picks(candidates, params)
     return MicrographResult(
         prep.name,
         candidates,

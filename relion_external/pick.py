@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
              help="particle diameter in Angstrom (required)")
     optional(parser, "--threshold", type=float, default=0.5, metavar="P",
              help="minimum score 0..1 (default 0.5); a new value on continue re-thresholds without re-scoring")
+    optional(parser, "--low_threshold", type=float, default=0.05, metavar="P",
+             help="on micrographs with at least min_confident picks >= threshold, also keep picks scoring "
+                  "this or more (default 0.05; >= threshold turns it off)")
+    optional(parser, "--min_confident", type=int, default=5, metavar="N",
+             help="picks >= threshold that show a micrograph holds particles (default 5)")
     optional(parser, "--max_picks", type=int, default=None, metavar="N",
              help="at most N picks per micrograph, best first (default: no limit; 0 = no limit)")
     optional(parser, "--gpu", default="", metavar="IDS",
@@ -80,6 +85,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise JobError(f"particle_diameter must be a positive number of Angstrom (got {args.particle_diameter})")
     if not (0.0 <= args.threshold <= 1.0):
         raise JobError(f"threshold must lie between 0 and 1 (got {args.threshold})")
+    if not (0.0 <= args.low_threshold <= 1.0):
+        raise JobError(f"low_threshold must lie between 0 and 1 (got {args.low_threshold})")
     if args.max_picks is not None and args.max_picks <= 0:
         args.max_picks = None
     name = str(args.pickname)
@@ -123,7 +130,8 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     pick = PickJob(
         outdir=job.outdir,
         size=ParticleSize(diameter_A=args.particle_diameter),
-        params=PickParams(threshold=args.threshold, max_picks=args.max_picks),
+        params=PickParams(threshold=args.threshold, max_picks=args.max_picks, low_threshold=args.low_threshold,
+                          min_confident=args.min_confident),
         pickname=args.pickname,
         fmt="star",
         resume=True,
@@ -150,6 +158,8 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         "weights": str(weights),
         "pickname": args.pickname,
         "threshold": args.threshold,
+        "low_threshold": args.low_threshold,
+        "min_confident": args.min_confident,
         "max_picks": args.max_picks,
         "in_mics": str(args.in_mics),  # for deeppicker merge, which writes the node files of shards
         "relion_version": version,
@@ -166,7 +176,8 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
                     "continuing with a different one would mix both: run a new job instead",
                     settings_path,
                 )
-        if (previous.get("threshold"), previous.get("max_picks")) != (args.threshold, args.max_picks):
+        keys = ("threshold", "low_threshold", "min_confident", "max_picks")
+        if any(previous.get(k, settings[k]) != settings[k] for k in keys):
             rethreshold(mics, pick)
             log.info("re-thresholded %d micrographs picked before from their saved candidates "
                      "(threshold %g -> %g, max picks %s -> %s; no re-scoring)",

@@ -12,7 +12,7 @@ import torch
 from deeppicker_relion.errors import JobError
 from deeppicker_relion.evaluate import evaluate, match, topn_curve
 from deeppicker_relion.model import DeepPickerNet, build_model, load_model, save_model
-from deeppicker_relion.picking import PickParams, clean_ice, find_candidates, select
+from deeppicker_relion.picking import PickParams, clean_ice, find_candidates, select, select_picks
 from deeppicker_relion.preprocess import INPUT_SIZE, Preprocessed, preprocess
 from deeppicker_relion.scoring import ScoreMap, score_map_dense, score_map_patches
 
@@ -239,6 +239,19 @@ def test_select_threshold_and_top_n() -> None:
     cand = pd.DataFrame({"x": [1.0, 2, 3, 4], "y": [1.0, 2, 3, 4], "score": [0.3, 0.9, 0.6, 0.8]})
     assert select(cand, 0.5)["score"].tolist() == [0.9, 0.8, 0.6]
     assert select(cand, 0.0, max_picks=2)["score"].tolist() == [0.9, 0.8]
+
+
+def test_select_two_level_threshold_only_on_micrographs_that_hold_particles() -> None:
+    """Low-scoring candidates are kept only where enough confident picks show particles."""
+    busy = pd.DataFrame({"x": np.arange(8.0), "y": np.arange(8.0), "score": [0.9, 0.8, 0.7, 0.6, 0.55, 0.2, 0.06, 0.04]})
+    assert select(busy, 0.5, low_threshold=0.05, min_confident=5)["score"].tolist() == [0.9, 0.8, 0.7, 0.6, 0.55, 0.2, 0.06]
+    assert len(select(busy, 0.5, low_threshold=0.05, min_confident=6)) == 5  # not confirmed
+    assert len(select(busy, 0.5, low_threshold=0.05, min_confident=5, max_picks=6)) == 6
+    assert len(select(busy, 0.5, low_threshold=0.5, min_confident=5)) == 5  # off when low >= threshold
+    empty = busy.assign(score=[0.7, 0.3, 0.2, 0.2, 0.1, 0.1, 0.06, 0.06])  # one stray high score
+    assert select(empty, 0.5, low_threshold=0.05, min_confident=5)["score"].tolist() == [0.7]
+    params = PickParams(threshold=0.5, low_threshold=0.05, min_confident=5)
+    assert len(select_picks(busy, params)) == 7 and len(select_picks(empty, params)) == 1
 
 
 # --- evaluation ---------------------------------------------------------------------------------

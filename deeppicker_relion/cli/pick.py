@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="model file (default: the shipped general model)")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score, 0..1 (default 0.5)")
     parser.add_argument("--max-picks", type=int, default=None, help="at most this many picks per micrograph, best first")
+    parser.add_argument("--low-threshold", type=float, default=0.05,
+                        help="on micrographs with at least --min-confident picks >= --threshold, also keep picks "
+                             "scoring this or more (default 0.05; >= --threshold turns it off)")
+    parser.add_argument("--min-confident", type=int, default=5,
+                        help="picks >= --threshold that show a micrograph holds particles (default 5)")
     parser.add_argument("--format", choices=["star", "box", "txt"], default="star", help="coordinate format (default star)")
     parser.add_argument("--pickname", default="deeppicker", help="suffix of the coordinate files (default deeppicker)")
     parser.add_argument("--cs", action="store_true", help="also write OUTDIR/particles.cs for CryoSPARC")
@@ -82,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     setup(args)
     size = particle_size(args)
-    params = PickParams(threshold=args.threshold, max_picks=args.max_picks, clean=not args.no_clean)
+    params = PickParams(threshold=args.threshold, max_picks=args.max_picks, clean=not args.no_clean,
+                        low_threshold=args.low_threshold, min_confident=args.min_confident)
     mics = micrograph_list(args.micrographs, args.angpix)
     job = PickJob(
         outdir=args.output,
@@ -136,6 +142,7 @@ def _settings(args: argparse.Namespace) -> dict:
     digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
     size = {"particle_diameter": args.diameter} if args.diameter is not None else {"box_px": args.box}
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
+            "low_threshold": args.low_threshold, "min_confident": args.min_confident,
             "max_picks": args.max_picks, "micrographs": list(args.micrographs)}
 
 
