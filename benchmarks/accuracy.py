@@ -154,9 +154,8 @@ def default_picks(candidates: pd.DataFrame) -> pd.DataFrame:
 def metrics(cands: dict[str, pd.DataFrame], index: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
     refs = references(index)
     box = boxes(index)
-    # at our default threshold: the pickers' two-level rule (PickParams.low_threshold / min_confident)
-    low = PickParams().low_threshold if threshold == THRESHOLD else None
-    picks = {n: select(c, threshold, None, low, PickParams().min_confident) for n, c in cands.items()}
+    # at our default threshold, what the picker writes (two-level rule); other scores (Topaz logits): plain cut
+    picks = {n: default_picks(c) if threshold == THRESHOLD else select(c, threshold) for n, c in cands.items()}
     total = evaluate(picks, refs, box).iloc[-1]
     curve = topn_curve(cands, refs, box, ratios=np.array([1.0])).iloc[0]
     bf, bt = best_f1(cands, refs, box)

@@ -104,7 +104,6 @@ class DeepPickerNet(nn.Module):
         cols = (image.shape[-1] - INPUT_SIZE) // step + 1
         return margin[:, :rows, :cols]
 
-
     def _conv_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of convolution ``i`` with its batch normalisation (running statistics,
         i.e. inference mode) folded in: ``bn(conv(x)) = conv'(x)`` exactly."""

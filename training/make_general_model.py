@@ -685,9 +685,9 @@ def make_model(
     return info
 
 
-def parse_overrides(items: list[str]) -> Recipe:
-    """``FIELD=VALUE`` strings -> a :class:`Recipe` with those fields changed."""
-    recipe = Recipe()
+def parse_overrides(items: list[str], base: Recipe | None = None) -> Recipe:
+    """``FIELD=VALUE`` strings -> a copy of ``base`` (default: the recipe) with those fields changed."""
+    recipe = Recipe(**asdict(base)) if base is not None else Recipe()
     types = {f.name: type(getattr(recipe, f.name)) for f in fields(Recipe)}
     for item in items:
         key, _, value = item.partition("=")
@@ -731,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         model, info = load_model(args.recalibrate)
         recipe = Recipe(**{k: v for k, v in info.get("recipe_params", {}).items() if k in {f.name for f in fields(Recipe)}})
-        recipe = Recipe(**{**asdict(recipe), **asdict(parse_overrides(args.set))}) if args.set else recipe
+        recipe = parse_overrides(args.set, base=recipe)  # the stored recipe, with --set changes
         previous = info.get("calibration", {})
         _, _, val = training_index(args.holdout, recipe)
         a, b, off = previous.get("a", 1.0), previous.get("b", 0.0), previous.get("offset", 0.0)
