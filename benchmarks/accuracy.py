@@ -159,7 +159,11 @@ def metrics(cands: dict[str, pd.DataFrame], index: pd.DataFrame, threshold: floa
     total = evaluate(picks, refs, box).iloc[-1]
     curve = topn_curve(cands, refs, box, ratios=np.array([1.0])).iloc[0]
     bf, bt = best_f1(cands, refs, box)
-    return dict(
+    extra = {}
+    if threshold == THRESHOLD:  # the same candidates at a plain cut at 0.5 (--low-threshold 0.5)
+        plain = evaluate({n: select(c, THRESHOLD) for n, c in cands.items()}, refs, box).iloc[-1]
+        extra["plain"] = {k: float(plain[k]) for k in ("precision", "recall", "f1")} | {"n_picks": int(plain["n_picks"])}
+    return extra | dict(
         n_micrographs=len(index), n_reference=int(total["n_reference"]), n_picks=int(total["n_picks"]),
         precision=float(total["precision"]), recall=float(total["recall"]), f1=float(total["f1"]),
         centre_error=float(total["centre_error"]), topn_f1=float(curve["f1"]), best_f1=bf, best_threshold=bt,
@@ -247,6 +251,11 @@ def section_lomo(results: dict, allow_train: bool) -> None:
             m = metrics(cands, idx)
             results.setdefault("apoferritin_by_fold", {})[f"{holdout} box {box:g}"] = m
             print(fmt_row(f"apoferritin (real), box {box:g} px, fold model without {holdout}", m), flush=True)
+    plain = [(k, v["plain"]) for k, v in {**results.get("lomo", {}), **results.get("apoferritin_by_fold", {})}.items()
+             if "plain" in v]  # fmt: skip
+    if plain:
+        print("\nPlain threshold 0.5 (--low-threshold 0.5), precision / recall / F1: "
+              + "; ".join(f"{k} {v['precision']:.3f} / {v['recall']:.3f} / {v['f1']:.3f}" for k, v in plain))
 
 
 def _per_snr(results: dict, mol: str, cands: dict, idx: pd.DataFrame) -> None:
@@ -342,7 +351,7 @@ def section_contamination(results: dict) -> None:
         frac_area = float((mask > 0.5).mean())
         out[f"box{box:g}"] = dict(picks=len(picks), on_contamination=int(on.sum()), fraction=float(on.mean()) if len(on) else 0.0,
                                   area_fraction=frac_area)  # fmt: skip
-        print(f"box {box:g} px: {len(picks)} picks at 0.5, {int(on.sum())} on contamination (mask > 0.5) = "
+        print(f"box {box:g} px: {len(picks)} picks at the defaults, {int(on.sum())} on contamination (mask > 0.5) = "
               f"{(on.mean() if len(on) else 0):.3f} of picks (the mask covers {frac_area:.3f} of the image; "
               "RELION's autopicks: 12 of 45 = 0.27)")
     results["contamination"] = out

@@ -24,6 +24,9 @@ from .io.atomic import atomic_path
 from .preprocess import INPUT_SIZE
 
 FORMAT_VERSION = "1"
+# Test-time augmentation: a score map is the mean logit margin over this many symmetric copies of
+# the micrograph (1: as is; 4: the four 90-degree rotations; 8: rotations and their mirror images).
+AUGMENTATIONS = (1, 4, 8)
 
 
 class DeepPickerNet(nn.Module):
@@ -37,6 +40,9 @@ class DeepPickerNet(nn.Module):
 
     def __init__(self, channels: tuple[int, int, int, int] = (8, 16, 32, 64), hidden: int = 128, batchnorm: bool = False):
         super().__init__()
+        # test-time augmentation the model's scores (and calibration) are meant for: one of
+        # AUGMENTATIONS, stored in the weights file's metadata ("augment"); see scoring.py
+        self.augment = 1
         kernels = (9, 5, 3, 2)
         c_in = 1
         self.convs = nn.ModuleList()
@@ -170,11 +176,13 @@ def save_model(model: DeepPickerNet, path: str | Path, metadata: dict | None = N
     """Save weights as safetensors, atomically, with the architecture and ``metadata`` (JSON)."""
     from safetensors.torch import save_file
 
+    info = dict(metadata or {})
+    info.setdefault("augment", int(getattr(model, "augment", 1)))
     meta = {
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,
         "input_size": str(INPUT_SIZE),
-        "info": json.dumps(metadata or {}, sort_keys=True),
+        "info": json.dumps(info, sort_keys=True),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -235,5 +243,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
             f"weights do not fit the {architecture} network ({first[1].strip() if len(first) > 1 else first[0]})",
             path,
         ) from None
+    augment = info.get("augment", 1)
+    if augment not in AUGMENTATIONS:
+        raise JobError(f"metadata 'augment' is {augment!r}; expected one of {', '.join(map(str, AUGMENTATIONS))}", path)
+    model.augment = int(augment)
     model.to(device).eval()
     return model, info

@@ -59,6 +59,7 @@ class PickJob:
     resume: bool = True
     shard: tuple[int, int] | None = None
     prefetch: int = 2  # micrographs read and preprocessed ahead of scoring (0 = none)
+    augment: int | None = None  # test-time augmentation (1, 4, 8); None: the model's own (scoring.py)
 
     def coordinate_path(self, name: str) -> Path:
         """Coordinate file of micrograph ``name`` (its RELION path)."""
@@ -163,6 +164,8 @@ def run_pick_job(
     """
     mics = shard_rows(micrographs, job.shard)
     prepare_output_dir(job.outdir)
+    if job.augment is not None:
+        model.augment = int(job.augment)
     for stale in remove_stale_temporaries(job.outdir):
         log.info("removed %s, left by an interrupted run", stale)
     rows: list[dict] = []

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
              help="picks >= threshold that show a micrograph holds particles (default 5)")
     optional(parser, "--max_picks", type=int, default=None, metavar="N",
              help="at most N picks per micrograph, best first (default: no limit; 0 = no limit)")
+    optional(parser, "--augment", type=int, default=None, metavar="N",
+             help="test-time augmentation: score each window over 1, 4 (rotations) or 8 (and mirror images) "
+                  "symmetric copies (default: what the model was calibrated with; the shipped model: 4)")
     optional(parser, "--gpu", default="", metavar="IDS",
              help="CUDA devices, e.g. 0, or 0,1 for one worker process per GPU; empty = CPU (default)")
     optional(parser, "--weights", default=None, metavar="FILE",
@@ -85,6 +88,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise JobError(f"particle_diameter must be a positive number of Angstrom (got {args.particle_diameter})")
     if not (0.0 <= args.threshold <= 1.0):
         raise JobError(f"threshold must lie between 0 and 1 (got {args.threshold})")
+    if args.augment is not None and args.augment not in (1, 4, 8):
+        raise JobError(f"augment must be 1, 4 or 8 (got {args.augment})")
     if not (0.0 <= args.low_threshold <= 1.0):
         raise JobError(f"low_threshold must lie between 0 and 1 (got {args.low_threshold})")
     if args.max_picks is not None and args.max_picks <= 0:
@@ -136,6 +141,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         fmt="star",
         resume=True,
         shard=parse_shard(args.shard),
+        augment=args.augment,
     )
     weights = Path(args.weights) if args.weights else default_weights_path()
     if not weights.is_file():
@@ -161,6 +167,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         "low_threshold": args.low_threshold,
         "min_confident": args.min_confident,
         "max_picks": args.max_picks,
+        "augment": args.augment,
         "in_mics": str(args.in_mics),  # for deeppicker merge, which writes the node files of shards
         "relion_version": version,
     }
@@ -168,11 +175,11 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     mine = shard_rows(mics, pick.shard)
     n_done = int(mine["name"].map(pick.is_done).sum())
     if previous is not None and n_done:
-        for key, what in (("particle_diameter", "particle diameter"), ("weights_sha256", "weights")):
+        for key, what, shown in (("particle_diameter", "particle diameter", "particle_diameter"),
+                                 ("weights_sha256", "weights", "weights"), ("augment", "augment setting", "augment")):
             if previous.get(key) != settings[key]:
                 raise JobError(
-                    f"{n_done} micrographs of this job were picked with another {what} "
-                    f"({previous.get('particle_diameter') if key == 'particle_diameter' else previous.get('weights')}); "
+                    f"{n_done} micrographs of this job were picked with another {what} ({previous.get(shown)}); "
                     "continuing with a different one would mix both: run a new job instead",
                     settings_path,
                 )

@@ -139,13 +139,57 @@ def test_dense_strips_do_not_change_scores(random_model: DeepPickerNet) -> None:
     np.testing.assert_allclose(whole, strips, atol=1e-5)
 
 
+@pytest.mark.parametrize("augment", [4, 8])
+@pytest.mark.parametrize("shape", [(150, 203), (97, 64)])
+def test_augmented_dense_equals_patch_by_patch(random_model: DeepPickerNet, shape, augment: int) -> None:
+    """Test-time augmentation: the dense pass over rotated/mirrored copies of the whole image
+    gives, window by window, the mean over the rotated/mirrored copies of each window; and it
+    changes the scores of a network that is not rotation invariant."""
+    image = np.random.default_rng(augment).normal(size=shape).astype(np.float32)
+    dense = score_map_dense(random_model, image, augment=augment)
+    patches = score_map_patches(random_model, image, augment=augment)
+    plain = score_map_dense(random_model, image, augment=1)
+    assert dense.logits.shape == plain.logits.shape
+    np.testing.assert_allclose(dense.logits, patches.logits, atol=1e-4)
+    assert np.abs(dense.logits - plain.logits).max() > 1e-2
+
+
+def test_eightfold_augmentation_makes_scores_rotation_equivariant(random_model: DeepPickerNet) -> None:
+    image = np.random.default_rng(5).normal(size=(148, 200)).astype(np.float32)  # whole grid steps
+    base = score_map_dense(random_model, image, augment=8).logits
+    for k in (1, 2, 3):
+        turned = score_map_dense(random_model, np.ascontiguousarray(np.rot90(image, k)), augment=8).logits
+        np.testing.assert_allclose(np.rot90(base, k), turned, atol=1e-5)
+    mirrored = score_map_dense(random_model, np.ascontiguousarray(image[:, ::-1]), augment=8).logits
+    np.testing.assert_allclose(base[:, ::-1], mirrored, atol=1e-5)
+
+
+def test_model_carries_its_augmentation(tmp_path: Path, random_model: DeepPickerNet) -> None:
+    """The weights file records the augmentation the model is calibrated for; scoring uses it by
+    default; a bad value in the metadata is refused naming the file."""
+    model = build_model()
+    model.load_state_dict(random_model.state_dict())
+    model.augment = 4
+    path = tmp_path / "aug.safetensors"
+    save_model(model, path, {"note": "x"})
+    loaded, info = load_model(path)
+    assert loaded.augment == 4 and info["augment"] == 4
+    image = np.random.default_rng(2).normal(size=(130, 140)).astype(np.float32)
+    np.testing.assert_allclose(score_map_dense(loaded, image).logits, score_map_dense(random_model, image, augment=4).logits, atol=1e-5)
+    save_model(random_model, tmp_path / "bad.safetensors", {"augment": 3})
+    with pytest.raises(JobError, match=r"bad\.safetensors.*augment"):
+        load_model(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="augment"):
+        score_map_dense(random_model, image, augment=2)
+
+
 def test_weights_round_trip(tmp_path: Path, random_model: DeepPickerNet) -> None:
     path = tmp_path / "m.safetensors"
     save_model(random_model, path, {"note": "test"})
     model, info = load_model(path)
     x = torch.randn(2, 1, 64, 64)
     torch.testing.assert_close(model(x), random_model(x))
-    assert info == {"note": "test"}
+    assert info == {"note": "test", "augment": 1}
     # a plain state_dict .pt is accepted too
     torch.save(random_model.state_dict(), tmp_path / "m.pt")
     torch.testing.assert_close(load_model(tmp_path / "m.pt")[0](x), random_model(x))

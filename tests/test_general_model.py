@@ -44,6 +44,8 @@ def test_shipped_weights_load_and_are_documented(general) -> None:
     # the shipped model is trained on random molecules only: every benchmark molecule is held out
     assert info["holdout"] == "all" and info["real_data"] == []
     assert 0 < info["calibration"]["a"] and info["calibration"]["folded_into"] == "fc2"
+    # calibrated for, and scoring by default with, the mean over the 4 rotations of each window
+    assert model.augment == 4 and info["augment"] == info["recipe_params"]["augment"] == 4
     assert (path.parent / "MODEL_CARD.md").is_file()
 
 

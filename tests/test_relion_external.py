@@ -329,6 +329,11 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
                                                   "--particle_diameter", "150"], capsys)
     assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
     assert len(err.strip().splitlines()) == 1 and "deeppicker_settings.json" in err and "new job" in err
+    # ... nor another test-time augmentation (its scores differ)
+    code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
+                                                           "--augment", "1"), capsys)  # fmt: skip
+    assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
+    assert len(err.strip().splitlines()) == 1 and "augment setting" in err and "new job" in err
 
 
 def test_bad_micrograph_is_skipped_and_the_job_succeeds(project: Path, shipped: Path, capsys) -> None:

@@ -186,6 +186,16 @@ def test_processes_give_the_same_picks_as_one_process(root: Path, unsharded: Pat
     assert "[0/2 cpu]" in err and "[1/2 cpu]" in err and "broken.mrc" in err
 
 
+def test_augment_reaches_the_worker_processes(root: Path, unsharded: Path) -> None:
+    """--augment 8 in spawned workers gives what it gives in one process, and not what this
+    model's own setting (1: it was saved without augmentation) gives."""
+    assert pick(root, "one_x8", "--augment", "8")[0] == 0
+    code, err = pick(root, "two_x8", "--processes", "2", "--augment", "8")
+    assert code == 0, err
+    assert coordinate_texts(root / "two_x8") == coordinate_texts(root / "one_x8")
+    assert coordinate_texts(root / "one_x8") != coordinate_texts(unsharded)
+
+
 def test_gpu_list_without_cuda_is_one_clear_error(root: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

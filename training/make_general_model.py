@@ -392,6 +392,7 @@ class Recipe:
     batch_size: int = 128
     calibration_min_snr: float = 0.1  # the F1-optimal threshold is set on validation micrographs of SNR >= this
     max_empty_picks: float = 0.3  # ... with at most this many picks per empty validation micrograph
+    augment: int = 4  # test-time augmentation the model is calibrated and shipped with (scoring.py)
     seed: int = SEED
 
 
@@ -658,6 +659,7 @@ def make_model(
         model, hist2 = train(TrainingSet.concat([data, hard]), params2, init=model)
         log.info("round 2 done: best epoch %d of %d, val loss %.4f (%.0f s)", hist2.best_epoch + 1, len(hist2.val_loss),
                  hist2.val_loss[hist2.best_epoch], time.perf_counter() - t0)  # fmt: skip
+    model.augment = recipe.augment  # calibrated for the scoring it ships with
     calibration = calibrate(model, val, recipe)
     log.info("calibration %s (%.0f s)", calibration, time.perf_counter() - t0)
     maps = [] if holdout == "all" else [m for m in molecules() if m != holdout]
@@ -666,6 +668,7 @@ def make_model(
         "holdout": holdout,
         "architecture": recipe.architecture,
         "context": recipe.context,
+        "augment": recipe.augment,
         "molecules": maps + [f"{recipe.n_synthetic_train} random synthetic molecules",
                              f"{recipe.n_cage_train} random hollow cages/shells"],
         "real_data": [] if holdout in ("ribosome", "all") else ["EMPIAR-10028 ribosome (10 micrographs, ../shared)"],
@@ -736,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         _, _, val = training_index(args.holdout, recipe)
         a, b, off = previous.get("a", 1.0), previous.get("b", 0.0), previous.get("offset", 0.0)
         fold_logit_calibration(model, 1.0 / a, -(b + off) / a)  # undo the previous calibration
+        model.augment = info["augment"] = recipe.augment
         info["calibration"] = calibrate(model, val, recipe)
         info["recipe_params"] = asdict(recipe)
         save_model(model, output, info)

@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scoring this or more (default 0.05; >= --threshold turns it off)")
     parser.add_argument("--min-confident", type=int, default=5,
                         help="picks >= --threshold that show a micrograph holds particles (default 5)")
+    parser.add_argument("--augment", type=int, choices=[1, 4, 8], default=None,
+                        help="score each window as the mean over 1, 4 (rotations) or 8 (and mirror images) "
+                             "symmetric copies (default: what the model was calibrated with; the shipped model: 4); "
+                             "1 is 4x faster, other values shift its calibrated scores")
     parser.add_argument("--format", choices=["star", "box", "txt"], default="star", help="coordinate format (default star)")
     parser.add_argument("--pickname", default="deeppicker", help="suffix of the coordinate files (default deeppicker)")
     parser.add_argument("--cs", action="store_true", help="also write OUTDIR/particles.cs for CryoSPARC")
@@ -98,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
         fmt=args.format,
         resume=not args.overwrite,
         shard=parse_shard(args.shard),
+        augment=args.augment,
     )
     prepare_output_dir(job.outdir)
     log.info("read %d micrographs from %s", len(mics), " ".join(args.micrographs))
@@ -110,6 +115,9 @@ def main(args: argparse.Namespace) -> int:
     device = devices[0]
     model, info = load_model(args.weights, device if len(devices) == 1 else "cpu")  # workers load their own
     model_text = f"model {args.weights or 'shipped general model'} ({info.get('recipe', 'no recipe recorded')})"
+    if args.augment is not None:
+        model.augment = args.augment
+    model_text += f", test-time augmentation x{model.augment}"
     log.info("%s", model_text)
     if args.self_train > 0:
         if len(devices) > 1:
@@ -143,7 +151,7 @@ def _settings(args: argparse.Namespace) -> dict:
     size = {"particle_diameter": args.diameter} if args.diameter is not None else {"box_px": args.box}
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
             "low_threshold": args.low_threshold, "min_confident": args.min_confident,
-            "max_picks": args.max_picks, "micrographs": list(args.micrographs)}
+            "max_picks": args.max_picks, "augment": args.augment, "micrographs": list(args.micrographs)}
 
 
 def _pick(args: argparse.Namespace, mics, model, job: PickJob, devices: list[str]) -> JobSummary:
