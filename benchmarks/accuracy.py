@@ -3,7 +3,7 @@ contamination, self-training / semi-automated training, and Topaz side by side. 
 (markdown tables); not a timed test.
 
     python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
-    python benchmarks/accuracy.py --only lomo      # sections: lomo, empty, real, contamination, finetune, topaz
+    python benchmarks/accuracy.py --only lomo      # sections: lomo, shipped, empty, contamination, centres, finetune, topaz
     python benchmarks/accuracy.py --no-train       # use only fold models that exist
 
 Held-out sets (never used to train or calibrate the model that picks them):
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
@@ -358,6 +359,124 @@ def section_contamination(results: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# how well placed are the apoferritin references themselves?
+# --------------------------------------------------------------------------------------------------
+
+
+def _smoothed(path: str) -> np.ndarray:
+    data = read_micrograph(path).data.astype(np.float64)
+    return ndimage.gaussian_filter((data - data.mean()) / data.std(), 1.0)
+
+
+def _patch(image: np.ndarray, x: float, y: float, radius: int) -> np.ndarray:
+    """(2 radius + 1)^2 bilinear patch whose centre pixel [radius, radius] is at (x, y) (x = column)."""
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1].astype(float)
+    return ndimage.map_coordinates(image, [y + yy, x + xx], order=1, mode="nearest")
+
+
+def _parabola(m: float, c: float, p: float) -> float:
+    d = m - 2 * c + p
+    return 0.5 * (m - p) / d if d < 0 else 0.0
+
+
+def _peak(cc: np.ndarray) -> tuple[float, float]:
+    """Sub-pixel (row, column) of the maximum of ``cc``."""
+    i, j = np.unravel_index(int(np.argmax(cc)), cc.shape)
+    di = _parabola(cc[i - 1, j], cc[i, j], cc[i + 1, j]) if 0 < i < cc.shape[0] - 1 else 0.0
+    dj = _parabola(cc[i, j - 1], cc[i, j], cc[i, j + 1]) if 0 < j < cc.shape[1] - 1 else 0.0
+    return i + di, j + dj
+
+
+def symmetry_offset(mean_patch: np.ndarray) -> tuple[float, float]:
+    """(dx, dy) pixels from the centre of ``mean_patch`` (odd size) to the point it is symmetric
+    about under a half turn: half the shift that best overlays it on its own half-turned copy. A mean
+    over many particles in random orientations is symmetric about the particles' true centre."""
+    a = mean_patch - mean_patch.mean()
+    b = a[::-1, ::-1]
+    cc = np.fft.fftshift(np.real(np.fft.ifft2(np.fft.fft2(a) * np.conj(np.fft.fft2(b)))))
+    i, j = _peak(cc)
+    centre = cc.shape[0] // 2
+    return (j - centre) / 2, (i - centre) / 2
+
+
+def radial_template(mean_patch: np.ndarray) -> np.ndarray:
+    """The rotational average of ``mean_patch`` about its centre, zero mean inside its disc."""
+    radius = mean_patch.shape[0] // 2
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    r = np.hypot(yy, xx)
+    ring = np.round(r).astype(int)
+    profile = np.bincount(ring.ravel(), mean_patch.ravel()) / np.bincount(ring.ravel())
+    template = np.interp(r, np.arange(profile.size), profile)
+    inside = r <= radius
+    template = np.where(inside, template - template[inside].mean(), 0.0)
+    return template
+
+
+def align_to_template(image: np.ndarray, x: float, y: float, template: np.ndarray, search: float) -> tuple[float, float]:
+    """(x, y) moved to the best cross-correlation with ``template`` within ``search`` pixels."""
+    from scipy.signal import fftconvolve
+
+    reach = template.shape[0] // 2 + int(np.ceil(search)) + 1
+    region = _patch(image, x, y, reach)
+    cc = fftconvolve(region, template[::-1, ::-1], mode="valid")
+    i, j = _peak(cc)
+    centre = cc.shape[0] // 2
+    dx, dy = j - centre, i - centre
+    if np.hypot(dx, dy) > search:
+        return x, y
+    return x + dx, y + dy
+
+
+def section_centres(results: dict) -> None:
+    """Are the apoferritin annotations centred? Two checks that need no annotation: (1) the mean
+    image around a set of centres is symmetric about the particles' true centre (checked on the
+    simulated sets' exact centres); (2) each particle (a near-spherical shell, round in every view)
+    aligned by cross-correlation to the rotational average of all of them."""
+    print("\n## Centring of the references: apoferritin annotations vs template-aligned centres\n")
+    model = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
+    out = {}
+    sets = {mol: sim_test(mol) for mol in recipe.molecules()}
+    sets["apoferritin"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
+    for name, idx in sets.items():
+        refs, box = references(idx), boxes(idx)
+        cands, _ = pick_candidates(model, idx)
+        images = {row["name"]: _smoothed(row["path"]) for _, row in idx.iterrows()}
+        radius = int(round(0.62 * float(idx["diameter_px"].max())))  # the particle and its rim
+        mean_ref = {}
+        for label, points in (("references", refs), ("picks", {n: default_picks(c) for n, c in cands.items()})):
+            patches = [_patch(images[n], x, y, radius) for n, p in points.items() for x, y in p[["x", "y"]].to_numpy(float)]
+            mean = np.mean(patches, axis=0)
+            mean_ref.setdefault("mean", mean)
+            dx, dy = symmetry_offset(mean)
+            out.setdefault(name, {})[f"{label}_symmetry_offset_px"] = [float(dx), float(dy)]
+        print(f"{name}: mean image around the references is symmetric about (dx, dy) = "
+              f"({out[name]['references_symmetry_offset_px'][0]:+.2f}, {out[name]['references_symmetry_offset_px'][1]:+.2f}) px, "
+              f"around our picks (defaults) ({out[name]['picks_symmetry_offset_px'][0]:+.2f}, {out[name]['picks_symmetry_offset_px'][1]:+.2f}) px")
+        if name != "apoferritin":
+            continue
+        template = radial_template(mean_ref["mean"])
+        unit = float(next(iter(box.values())))
+        d_pick_ref, d_ref_al, d_pick_al = [], [], []
+        for n, ref in refs.items():
+            picks = default_picks(cands[n]).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+            matched, dist = match(picks, ref, MATCH_RADIUS * box[n])
+            for k in np.flatnonzero(matched >= 0):
+                rx, ry = ref.iloc[matched[k]][["x", "y"]].to_numpy(float)
+                ax, ay = align_to_template(images[n], rx, ry, template, MATCH_RADIUS * box[n])
+                d_pick_ref.append(dist[k])
+                d_ref_al.append(np.hypot(ax - rx, ay - ry))
+                d_pick_al.append(np.hypot(ax - picks["x"][k], ay - picks["y"][k]))
+        m = {k: float(np.mean(v) / unit) for k, v in
+             (("picks_vs_references", d_pick_ref), ("references_vs_aligned", d_ref_al), ("picks_vs_aligned", d_pick_al))}  # fmt: skip
+        m["n_matched"] = len(d_pick_ref)
+        out[name].update(m)
+        print(f"apoferritin, {len(d_pick_ref)} matched picks (defaults, box 78 px), mean distance / 57 px: our picks to the "
+              f"references {m['picks_vs_references']:.3f}; the references to the template-aligned centres "
+              f"{m['references_vs_aligned']:.3f}; our picks to the template-aligned centres {m['picks_vs_aligned']:.3f}")
+    results["reference_centring"] = out
+
+
+# --------------------------------------------------------------------------------------------------
 # self-training and semi-automated training on 400 picks
 # --------------------------------------------------------------------------------------------------
 
@@ -489,7 +608,7 @@ def section_topaz(results: dict) -> None:
               f"{theirs['best_f1']:.3f} | {theirs['topn_f1']:.3f} |", flush=True)  # fmt: skip
 
 
-SECTIONS = ("lomo", "shipped", "empty", "contamination", "finetune", "topaz")
+SECTIONS = ("lomo", "shipped", "empty", "contamination", "centres", "finetune", "topaz")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
             section_empty(results, allow_train)
         elif section == "contamination":
             section_contamination(results)
+        elif section == "centres":
+            section_centres(results)
         elif section == "finetune":
             section_finetune(results, args.finetune_targets)
         elif section == "topaz":

@@ -2,7 +2,10 @@
 
 A score map ``S`` of a resampled micrograph has ``S[i, j]`` = probability that the window with
 top-left corner (row ``step * i``, column ``step * j``) is centred on a particle; that window's
-centre is at resampled pixel (row ``step * i + 32``, column ``step * j + 32``).
+centre is at resampled pixel (row ``step * i + c``, column ``step * j + c``) with ``c`` =
+``ScoreMap.centre``: 32 for one pass (the network is trained with the particle centre at index 32
+of its window), 31.5 with test-time augmentation (a 64 px window turns about index 31.5, so its
+rotated copies put that centre at 31 or 32 on each axis: their mean score peaks at 31.5).
 
 Two implementations give the same numbers (tested to 1e-4): :func:`score_map_dense` (one fully
 convolutional pass, processed in strips to bound memory) and :func:`score_map_patches` (the
@@ -34,7 +37,8 @@ HALF = INPUT_SIZE // 2
 @dataclass
 class ScoreMap:
     """Scores on a grid: ``logits[i, j]`` belongs to the window centred at resampled pixel
-    (row ``step * i + 32``, column ``step * j + 32``).
+    (row ``step * i + centre``, column ``step * j + centre``); ``centre`` is 32 for one pass, 31.5
+    for a mean over symmetric copies (module docstring).
 
     ``logits`` are the network's logit margins (particle minus background); ``scores`` are the
     softmax probabilities, ``sigmoid(logits)``. Peaks are found on the margins, which keep
@@ -43,6 +47,7 @@ class ScoreMap:
 
     logits: np.ndarray
     step: int
+    centre: float = float(HALF)
 
     @property
     def scores(self) -> np.ndarray:
@@ -51,11 +56,16 @@ class ScoreMap:
 
     def centres(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grid indices (may be fractional) -> resampled pixel coordinates (x, y)."""
-        return np.asarray(cols, float) * self.step + HALF, np.asarray(rows, float) * self.step + HALF
+        return np.asarray(cols, float) * self.step + self.centre, np.asarray(rows, float) * self.step + self.centre
 
 
 def _grid_shape(shape: tuple[int, int], step: int) -> tuple[int, int]:
     return (shape[0] - INPUT_SIZE) // step + 1, (shape[1] - INPUT_SIZE) // step + 1
+
+
+def _centre(n: int) -> float:
+    """Window centre (resampled px from its top-left pixel) of a score averaged over ``n`` copies."""
+    return float(HALF) if n == 1 else HALF - 0.5
 
 
 def _augment_count(model: DeepPickerNet, augment: int | None) -> int:
@@ -102,7 +112,7 @@ def score_map_dense(
     model.eval()
     rows, cols = _grid_shape(image.shape, step)
     if rows < 1 or cols < 1:
-        return ScoreMap(np.zeros((max(rows, 0), max(cols, 0)), np.float32), step)
+        return ScoreMap(np.zeros((max(rows, 0), max(cols, 0)), np.float32), step, _centre(_augment_count(model, augment)))
     n = _augment_count(model, augment)
     if n > 1:
         image = image[: (rows - 1) * step + INPUT_SIZE, : (cols - 1) * step + INPUT_SIZE]
@@ -110,7 +120,7 @@ def score_map_dense(
         for k, flip in _transforms(n):
             copy = np.ascontiguousarray(_forward(image, k, flip))
             total += _backward(score_map_dense(model, copy, step, device, max_pixels, augment=1).logits, k, flip)
-        return ScoreMap((total / n).astype(np.float32), step)
+        return ScoreMap((total / n).astype(np.float32), step, _centre(n))
     out = np.empty((rows, cols), dtype=np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     max_pixels = min(max_pixels, _STRIP_LIMIT.get(str(device), max_pixels))
@@ -169,4 +179,4 @@ def score_map_patches(
             logits = model(copy)
             margin += logits[:, 1] - logits[:, 0]
         scores[start : start + batch.shape[0]] = (margin / n).float().cpu().numpy()
-    return ScoreMap(scores.reshape(rows, cols), step)
+    return ScoreMap(scores.reshape(rows, cols), step, _centre(n))

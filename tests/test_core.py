@@ -164,6 +164,25 @@ def test_eightfold_augmentation_makes_scores_rotation_equivariant(random_model: 
     np.testing.assert_allclose(base[:, ::-1], mirrored, atol=1e-5)
 
 
+@pytest.mark.parametrize("augment", [4, 8])
+def test_augmented_window_centres_turn_with_the_image(random_model: DeepPickerNet, augment: int) -> None:
+    """With the mean over rotated copies, the score map turns with the image, so the window centre
+    that a grid point stands for must turn with it too: the best window of the turned image is the
+    turned best window of the image, to the pixel (true only for a centre of 31.5, the middle of a
+    64 px window; a centre of 32 puts it 1 px off on one axis)."""
+    image = np.random.default_rng(9).normal(size=(148, 200)).astype(np.float32)  # whole grid steps
+    height, width = image.shape
+    for scorer in (score_map_dense, score_map_patches):
+        base = scorer(random_model, image, augment=augment)
+        turned = scorer(random_model, np.ascontiguousarray(np.rot90(image)), augment=augment)
+        x, y = base.centres(*np.unravel_index(np.argmax(base.logits), base.logits.shape))
+        xt, yt = turned.centres(*np.unravel_index(np.argmax(turned.logits), turned.logits.shape))
+        # np.rot90 sends pixel (row y, column x) to (row width - 1 - x, column y)
+        assert (float(xt), float(yt)) == pytest.approx((float(y), width - 1 - float(x)))
+        assert 0 <= x < width and 0 <= y < height
+    assert score_map_dense(random_model, image, augment=1).centre == 32.0
+
+
 def test_model_carries_its_augmentation(tmp_path: Path, random_model: DeepPickerNet) -> None:
     """The weights file records the augmentation the model is calibrated for; scoring uses it by
     default; a bad value in the metadata is refused naming the file."""
