@@ -436,6 +436,7 @@ def section_centres(results: dict) -> None:
     model = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
     out = {}
     sets = {mol: sim_test(mol) for mol in recipe.molecules()}
+    sets["ribosome"] = ribosome()  # not round: the symmetry check only
     sets["apoferritin"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
     for name, idx in sets.items():
         refs, box = references(idx), boxes(idx)
