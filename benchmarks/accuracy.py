@@ -427,6 +427,19 @@ def align_to_template(image: np.ndarray, x: float, y: float, template: np.ndarra
     return x + dx, y + dy
 
 
+def mean_offset(picks: dict[str, pd.DataFrame], refs: dict[str, pd.DataFrame], box: dict[str, float]) -> tuple[float, float]:
+    """Mean (pick - reference) x and y of the matched picks, in diameters."""
+    dx, dy = [], []
+    for name, ref in refs.items():
+        p = picks.get(name, pd.DataFrame({"x": [], "y": [], "score": []}))
+        p = p.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        matched, _ = match(p, ref, MATCH_RADIUS * box[name])
+        ok = matched >= 0
+        dx.extend((p["x"].to_numpy(float)[ok] - ref["x"].to_numpy(float)[matched[ok]]) / box[name])
+        dy.extend((p["y"].to_numpy(float)[ok] - ref["y"].to_numpy(float)[matched[ok]]) / box[name])
+    return (float(np.mean(dx)), float(np.mean(dy))) if dx else (float("nan"), float("nan"))
+
+
 def section_centres(results: dict) -> None:
     """Are the apoferritin annotations centred? Two checks that need no annotation: (1) the mean
     image around a set of centres is symmetric about the particles' true centre (checked on the
@@ -438,9 +451,17 @@ def section_centres(results: dict) -> None:
     sets = {mol: sim_test(mol) for mol in recipe.molecules()}
     sets["ribosome"] = ribosome()  # not round: the symmetry check only
     sets["apoferritin"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
+    one_pass = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
+    one_pass.augment = 1
     for name, idx in sets.items():
         refs, box = references(idx), boxes(idx)
         cands, _ = pick_candidates(model, idx)
+        offsets = {}
+        for label, c in (("shipped", cands), ("one_pass", pick_candidates(one_pass, idx)[0])):
+            offsets[label] = mean_offset({n: default_picks(v) for n, v in c.items()}, refs, box)
+        out.setdefault(name, {})["mean_offset_box"] = offsets
+        print(f"{name}: mean offset (x, y) of matched picks / diameter, at the defaults: ({offsets['shipped'][0]:+.4f}, "
+              f"{offsets['shipped'][1]:+.4f}); one pass (--augment 1): ({offsets['one_pass'][0]:+.4f}, {offsets['one_pass'][1]:+.4f})")
         images = {row["name"]: _smoothed(row["path"]) for _, row in idx.iterrows()}
         radius = int(round(0.62 * float(idx["diameter_px"].max())))  # the particle and its rim
         mean_ref = {}
