@@ -10,7 +10,9 @@ Steps (DeepPicker 2016, with the authors' code's bugs fixed):
    found on the logit margins, not on probabilities, which saturate at 1 over a plateau;
 3. filter: candidates whose box holds more than ``outlier_fraction`` of pixels beyond
    ``outlier_sigma`` robust standard deviations of the micrograph are dropped (contamination,
-   hot pixels, carbon edges);
+   hot pixels, carbon edges); so are candidates in or within half a box of a dark region much
+   larger than a particle (``dark_sigma``, :func:`dark_regions`: contamination, ice crystals,
+   whose rims otherwise draw picks);
 4. refine: a parabola through each peak and its neighbours gives the sub-grid centre;
 5. sort by score; keep those above ``threshold``, at most ``max_picks`` per micrograph.
 
@@ -50,6 +52,10 @@ class PickParams:
     peak_window: float = 0.8
     outlier_sigma: float = 3.0
     outlier_fraction: float = 0.2
+    # dark regions (contamination): darker than dark_sigma robust SDs at 0.5-2.5 box scales and
+    # at least 2 box areas large; 0 turns the filter off. 4 chosen on validation micrographs
+    # (benchmarks/accuracy.py, MODEL_CARD.md).
+    dark_sigma: float = 4.0
     refine: bool = True
 
 
@@ -129,6 +135,48 @@ def _outlier_fraction(image: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: fl
     return counts / area
 
 
+# dark_regions: smoothing scales, smallest region and margin, in boxes; computed on a grid of
+# DARK_CELL resampled pixels (1/8 box), which is ample for scales of half a box and more
+DARK_INNER, DARK_OUTER, DARK_MIN_AREA, DARK_MARGIN, DARK_CELL = 0.5, 2.5, 2.0, 0.5, 8
+
+
+def dark_regions(image: np.ndarray, sigma: float = 4.0) -> np.ndarray:
+    """Mask (same shape as ``image``, a preprocessed micrograph: 64 px per box) of dark regions
+    much larger than a particle, grown by half a box: contamination and ice crystals.
+
+    The image is averaged over cells of 1/8 box and band-passed between 0.5 and 2.5 boxes
+    (difference of Gaussians, so ice gradients and single particles do not count); cells darker
+    than the median by ``sigma`` robust standard deviations of that band, in connected regions of
+    at least 2 box areas, are dark regions. ``sigma <= 0``: nothing is masked.
+    """
+    mask = np.zeros(image.shape, dtype=bool)
+    rows, cols = image.shape[0] // DARK_CELL, image.shape[1] // DARK_CELL
+    if sigma <= 0 or rows < 2 or cols < 2:
+        return mask
+    coarse = image[: rows * DARK_CELL, : cols * DARK_CELL].reshape(rows, DARK_CELL, cols, DARK_CELL).mean(axis=(1, 3))
+    cells_per_box = INPUT_SIZE / DARK_CELL
+    band = ndimage.gaussian_filter(coarse, DARK_INNER * cells_per_box) - ndimage.gaussian_filter(coarse, DARK_OUTER * cells_per_box)
+    centre = np.median(band)
+    spread = 1.4826 * np.median(np.abs(band - centre))
+    if not spread > 0:
+        return mask
+    labels, n = ndimage.label(band < centre - sigma * spread)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    big = np.flatnonzero(sizes >= DARK_MIN_AREA * cells_per_box**2) + 1
+    # regions touching the border are left alone: a gradient across the micrograph, which the
+    # Fourier band-pass of preprocessing wraps round, leaves dark bands along an edge
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    dark = np.isin(labels, np.setdiff1d(big, border))
+    if not dark.any():
+        return mask
+    dark = ndimage.distance_transform_edt(~dark) <= DARK_MARGIN * cells_per_box
+    r = np.minimum(np.arange(image.shape[0]) // DARK_CELL, rows - 1)
+    c = np.minimum(np.arange(image.shape[1]) // DARK_CELL, cols - 1)
+    return dark[np.ix_(r, c)]
+
+
 def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams = PickParams()) -> pd.DataFrame:
     """All candidate particles scoring at least ``params.floor``, best first.
 
@@ -147,6 +195,12 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     xr, yr = score_map.centres(fr, fc)
     if params.outlier_fraction < 1 and xr.size:
         ok = _outlier_fraction(pre.image, xr, yr, params.outlier_sigma) <= params.outlier_fraction
+        xr, yr, values = xr[ok], yr[ok], values[ok]
+    if params.dark_sigma > 0 and xr.size:
+        dark = dark_regions(pre.image, params.dark_sigma)
+        r = np.clip(np.round(yr).astype(int), 0, dark.shape[0] - 1)
+        c = np.clip(np.round(xr).astype(int), 0, dark.shape[1] - 1)
+        ok = ~dark[r, c]
         xr, yr, values = xr[ok], yr[ok], values[ok]
     x, y = pre.to_original(xr, yr)
     out = pd.DataFrame({"x": x, "y": y, "score": values})

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--augment", type=int, default=None, metavar="N",
              help="test-time augmentation: score each window over 1, 4 (rotations) or 8 (and mirror images) "
                   "symmetric copies (default: what the model was calibrated with; the shipped model: 4)")
+    optional(parser, "--dark_sigma", type=float, default=4.0, metavar="K",
+             help="drop candidates in or near dark regions over 2 boxes large (contamination, ice crystals) "
+                  "darker than K robust SDs (default 4; 0 = off)")
     optional(parser, "--gpu", default="", metavar="IDS",
              help="CUDA devices, e.g. 0, or 0,1 for one worker process per GPU; empty = CPU (default)")
     optional(parser, "--weights", default=None, metavar="FILE",
@@ -92,6 +95,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise JobError(f"augment must be 1, 4 or 8 (got {args.augment})")
     if not (0.0 <= args.low_threshold <= 1.0):
         raise JobError(f"low_threshold must lie between 0 and 1 (got {args.low_threshold})")
+    if not (math.isfinite(args.dark_sigma) and args.dark_sigma >= 0):
+        raise JobError(f"dark_sigma must be 0 (off) or a positive number of standard deviations (got {args.dark_sigma})")
     if args.max_picks is not None and args.max_picks <= 0:
         args.max_picks = None
     name = str(args.pickname)
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         outdir=job.outdir,
         size=ParticleSize(diameter_A=args.particle_diameter),
         params=PickParams(threshold=args.threshold, max_picks=args.max_picks, low_threshold=args.low_threshold,
-                          min_confident=args.min_confident),
+                          min_confident=args.min_confident, dark_sigma=args.dark_sigma),
         pickname=args.pickname,
         fmt="star",
         resume=True,
@@ -168,6 +173,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         "min_confident": args.min_confident,
         "max_picks": args.max_picks,
         "augment": args.augment,
+        "dark_sigma": args.dark_sigma,
         "in_mics": str(args.in_mics),  # for deeppicker merge, which writes the node files of shards
         "relion_version": version,
     }
@@ -176,8 +182,10 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     n_done = int(mine["name"].map(pick.is_done).sum())
     if previous is not None and n_done:
         for key, what, shown in (("particle_diameter", "particle diameter", "particle_diameter"),
-                                 ("weights_sha256", "weights", "weights"), ("augment", "augment setting", "augment")):
-            if previous.get(key) != settings[key]:
+                                 ("weights_sha256", "weights", "weights"), ("augment", "augment setting", "augment"),
+                                 ("dark_sigma", "dark_sigma setting", "dark_sigma")):
+            # settings files written before dark_sigma existed: the filter was off
+            if previous.get(key, 0.0 if key == "dark_sigma" else None) != settings[key]:
                 raise JobError(
                     f"{n_done} micrographs of this job were picked with another {what} ({previous.get(shown)}); "
                     "continuing with a different one would mix both: run a new job instead",

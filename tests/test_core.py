@@ -12,7 +12,7 @@ import torch
 from deeppicker_relion.errors import JobError
 from deeppicker_relion.evaluate import evaluate, match, topn_curve
 from deeppicker_relion.model import DeepPickerNet, build_model, load_model, save_model
-from deeppicker_relion.picking import PickParams, clean_ice, find_candidates, select, select_picks
+from deeppicker_relion.picking import PickParams, clean_ice, dark_regions, find_candidates, select, select_picks
 from deeppicker_relion.preprocess import INPUT_SIZE, Preprocessed, preprocess
 from deeppicker_relion.scoring import ScoreMap, score_map_dense, score_map_patches
 
@@ -296,6 +296,56 @@ def test_outlier_filter_drops_contamination() -> None:
     pre.image[y - 30 : y + 30, x - 30 : x + 30] = -12.0  # a dark blob many sigma deep
     cand = find_candidates(smap, pre, PickParams())
     assert len(cand) == 1 and cand.loc[0, "x"] == pytest.approx(20 * 4 + 32, abs=0.5)
+
+
+def _contaminated_micrograph(ramp: float = 3.0, blob_depth: float = 5.0, seed: int = 0):
+    """A 1024 px micrograph (box 64 px, unit pixel noise) with an ice gradient of ``ramp`` noise
+    SDs across it, 20 particle-sized dark discs (depth 1) and one dark blob ~3 boxes across
+    (contamination, ``blob_depth``), preprocessed as the picker does; returns (Preprocessed, blob
+    centre (x, y), particle centres)."""
+    shape = (1024, 1024)
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    raw = rng.normal(size=shape).astype(np.float32) + ramp * cols / shape[1]
+    blob = (400, 380)
+    raw[np.hypot(cols - blob[0], rows - blob[1]) < 100] -= blob_depth
+    particles: list[tuple[int, int]] = []
+    while len(particles) < 20:
+        x, y = int(rng.integers(40, shape[1] - 40)), int(rng.integers(40, shape[0] - 40))
+        if np.hypot(x - blob[0], y - blob[1]) > 180 and all(np.hypot(x - a, y - b) > 70 for a, b in particles):
+            particles.append((x, y))
+            raw[np.hypot(cols - x, rows - y) < 22] -= 1.0
+    return preprocess(raw, 64.0), blob, particles
+
+
+def test_dark_regions_mask_contamination_not_particles_or_ice_gradients() -> None:
+    pre, (bx, by), particles = _contaminated_micrograph()
+    mask = dark_regions(pre.image, 4.0)
+    assert mask.shape == pre.image.shape
+    rows, cols = np.mgrid[: mask.shape[0], : mask.shape[1]]
+    dist = np.hypot(cols - bx, rows - by)
+    assert mask[dist < 100].mean() > 0.95  # the blob
+    assert mask[(dist > 100) & (dist < 120)].mean() > 0.5  # its rim, where picks gather
+    assert not mask[dist > 100 + 1.5 * 64].any()  # nothing else: not the particles, not the gradient
+    assert not any(mask[y, x] for x, y in particles)
+    assert not dark_regions(pre.image, 0.0).any()
+    # a blob no darker than the particles is not contamination; a strong gradient alone masks nothing
+    assert not dark_regions(_contaminated_micrograph(blob_depth=1.0)[0].image).any()
+    assert not dark_regions(_contaminated_micrograph(ramp=10.0, blob_depth=0.0)[0].image).any()
+    assert not dark_regions(np.zeros((300, 300), np.float32)).any()
+
+
+def test_picks_on_dark_regions_are_dropped_unless_the_filter_is_off() -> None:
+    pre, (bx, by), particles = _contaminated_micrograph()
+    shape = ((pre.image.shape[0] - 64) // 4 + 1, (pre.image.shape[1] - 64) // 4 + 1)
+    rim = (bx + 105, by)  # on the blob's rim
+    keep = particles[0]
+    peaks = [((y - 32) / 4, (x - 32) / 4, 5.0) for x, y in (rim, keep)]
+    smap = _map_with_peaks(peaks, shape)
+    on = find_candidates(smap, pre, PickParams(outlier_fraction=1.0))
+    off = find_candidates(smap, pre, PickParams(outlier_fraction=1.0, dark_sigma=0.0))
+    assert len(off) == 2 and len(on) == 1
+    assert (on.loc[0, "x"], on.loc[0, "y"]) == pytest.approx(keep, abs=1.0)
 
 
 def test_select_threshold_and_top_n() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pickname", default="deeppicker", help="suffix of the coordinate files (default deeppicker)")
     parser.add_argument("--cs", action="store_true", help="also write OUTDIR/particles.cs for CryoSPARC")
     parser.add_argument("--no-clean", action="store_true", help="skip the ice-cleaning step (large connected high-score regions)")
+    parser.add_argument("--dark-sigma", type=float, default=4.0, metavar="K",
+                        help="drop candidates in or near dark regions over 2 boxes large (contamination, ice crystals) "
+                             "darker than K robust SDs at 0.5-2.5 box scales (default 4; 0 = off; applied when scoring, "
+                             "not by --rethreshold)")
     parser.add_argument(
         "--self-train",
         type=int,
@@ -91,8 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     setup(args)
     size = particle_size(args)
+    if not (math.isfinite(args.dark_sigma) and args.dark_sigma >= 0):
+        raise JobError(f"--dark-sigma must be 0 (off) or a positive number of standard deviations (got {args.dark_sigma})")
     params = PickParams(threshold=args.threshold, max_picks=args.max_picks, clean=not args.no_clean,
-                        low_threshold=args.low_threshold, min_confident=args.min_confident)
+                        low_threshold=args.low_threshold, min_confident=args.min_confident, dark_sigma=args.dark_sigma)
     mics = micrograph_list(args.micrographs, args.angpix)
     job = PickJob(
         outdir=args.output,
@@ -151,7 +158,8 @@ def _settings(args: argparse.Namespace) -> dict:
     size = {"particle_diameter": args.diameter} if args.diameter is not None else {"box_px": args.box}
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
             "low_threshold": args.low_threshold, "min_confident": args.min_confident,
-            "max_picks": args.max_picks, "augment": args.augment, "micrographs": list(args.micrographs)}
+            "max_picks": args.max_picks, "augment": args.augment, "dark_sigma": args.dark_sigma,
+            "micrographs": list(args.micrographs)}
 
 
 def _pick(args: argparse.Namespace, mics, model, job: PickJob, devices: list[str]) -> JobSummary:
