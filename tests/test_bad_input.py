@@ -245,6 +245,8 @@ JOB_ERRORS = {
     "weights_missing": (lambda r, w: pick_argv("micrographs.star", r / "none.safetensors"), "none.safetensors",
                         "not found"),
     "bad_shard": (lambda r, w: pick_argv("micrographs.star", w, "picks", "--shard", "3/2"), "--shard", "0 <= i < n"),
+    "negative_dark_sigma": (lambda r, w: pick_argv("micrographs.star", w, "picks", "--dark-sigma", "-2"), "--dark-sigma",
+                            "0 (off) or a positive number"),
 }
 
 

@@ -334,6 +334,11 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
                                                            "--augment", "1"), capsys)  # fmt: skip
     assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
     assert len(err.strip().splitlines()) == 1 and "augment setting" in err and "new job" in err
+    # ... nor another dark-region filter (it acts when scoring, so saved candidates cannot follow it)
+    code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
+                                                           "--dark_sigma", "0"), capsys)  # fmt: skip
+    assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
+    assert len(err.strip().splitlines()) == 1 and "dark_sigma setting" in err and "new job" in err
 
 
 def test_bad_micrograph_is_skipped_and_the_job_succeeds(project: Path, shipped: Path, capsys) -> None:
@@ -361,6 +366,7 @@ def test_bad_micrograph_is_skipped_and_the_job_succeeds(project: Path, shipped: 
         (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--weights", "bad.safetensors"],
          "bad.safetensors: corrupt or unreadable"),
         (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--threshold", "2"], "threshold"),
+        (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--dark_sigma", "-1"], "dark_sigma"),
         (["--in_mics", "micrographs.star", "--particle_diameter", "abc"], "invalid float value: 'abc'"),
         (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--relion_version", "2"], "RELION version"),
     ],
