@@ -138,6 +138,26 @@ def _outlier_fraction(image: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: fl
 # dark_regions: smoothing scales, smallest region and margin, in boxes; computed on a grid of
 # DARK_CELL resampled pixels (1/8 box), which is ample for scales of half a box and more
 DARK_INNER, DARK_OUTER, DARK_MIN_AREA, DARK_MARGIN, DARK_CELL = 0.5, 2.5, 2.0, 0.5, 8
+DARK_BORDER_REACH = 3.0  # a region touching the border must reach this far in (boxes)
+
+
+def _reach(region: np.ndarray) -> float:
+    """How far (cells) a region reaches into the image from the borders it touches (the least over
+    them); inf if it touches none. A gradient across the micrograph, which the Fourier band-pass
+    of preprocessing wraps round, leaves thin dark bands along an edge; contamination cut by the
+    edge reaches far in."""
+    rows, cols = np.nonzero(region)
+    n_rows, n_cols = region.shape
+    reach = []
+    if rows.min() == 0:
+        reach.append(rows.max() + 1)
+    if rows.max() == n_rows - 1:
+        reach.append(n_rows - rows.min())
+    if cols.min() == 0:
+        reach.append(cols.max() + 1)
+    if cols.max() == n_cols - 1:
+        reach.append(n_cols - cols.min())
+    return float(min(reach)) if reach else np.inf
 
 
 def dark_regions(image: np.ndarray, sigma: float = 4.0) -> np.ndarray:
@@ -147,7 +167,8 @@ def dark_regions(image: np.ndarray, sigma: float = 4.0) -> np.ndarray:
     The image is averaged over cells of 1/8 box and band-passed between 0.5 and 2.5 boxes
     (difference of Gaussians, so ice gradients and single particles do not count); cells darker
     than the median by ``sigma`` robust standard deviations of that band, in connected regions of
-    at least 2 box areas, are dark regions. ``sigma <= 0``: nothing is masked.
+    at least 2 box areas, are dark regions, except thin bands along the border (reaching less than
+    3 boxes in: gradient artefacts). ``sigma <= 0``: nothing is masked.
     """
     mask = np.zeros(image.shape, dtype=bool)
     rows, cols = image.shape[0] // DARK_CELL, image.shape[1] // DARK_CELL
@@ -164,11 +185,9 @@ def dark_regions(image: np.ndarray, sigma: float = 4.0) -> np.ndarray:
     if n == 0:
         return mask
     sizes = np.bincount(labels.ravel())[1:]
-    big = np.flatnonzero(sizes >= DARK_MIN_AREA * cells_per_box**2) + 1
-    # regions touching the border are left alone: a gradient across the micrograph, which the
-    # Fourier band-pass of preprocessing wraps round, leaves dark bands along an edge
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    dark = np.isin(labels, np.setdiff1d(big, border))
+    big = [j for j in np.flatnonzero(sizes >= DARK_MIN_AREA * cells_per_box**2) + 1
+           if _reach(labels == j) >= DARK_BORDER_REACH * cells_per_box]
+    dark = np.isin(labels, big)
     if not dark.any():
         return mask
     dark = ndimage.distance_transform_edt(~dark) <= DARK_MARGIN * cells_per_box

@@ -298,21 +298,21 @@ def test_outlier_filter_drops_contamination() -> None:
     assert len(cand) == 1 and cand.loc[0, "x"] == pytest.approx(20 * 4 + 32, abs=0.5)
 
 
-def _contaminated_micrograph(ramp: float = 3.0, blob_depth: float = 5.0, seed: int = 0):
+def _contaminated_micrograph(ramp: float = 3.0, blob_depth: float = 5.0, seed: int = 0,
+                             blob: tuple[int, int] = (400, 380), radius: float = 100):
     """A 1024 px micrograph (box 64 px, unit pixel noise) with an ice gradient of ``ramp`` noise
-    SDs across it, 20 particle-sized dark discs (depth 1) and one dark blob ~3 boxes across
-    (contamination, ``blob_depth``), preprocessed as the picker does; returns (Preprocessed, blob
-    centre (x, y), particle centres)."""
+    SDs across it, 20 particle-sized dark discs (depth 1) and one dark blob (contamination,
+    ``blob_depth``; by default ~3 boxes across), preprocessed as the picker does; returns
+    (Preprocessed, blob centre (x, y), particle centres)."""
     shape = (1024, 1024)
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
     raw = rng.normal(size=shape).astype(np.float32) + ramp * cols / shape[1]
-    blob = (400, 380)
-    raw[np.hypot(cols - blob[0], rows - blob[1]) < 100] -= blob_depth
+    raw[np.hypot(cols - blob[0], rows - blob[1]) < radius] -= blob_depth
     particles: list[tuple[int, int]] = []
     while len(particles) < 20:
         x, y = int(rng.integers(40, shape[1] - 40)), int(rng.integers(40, shape[0] - 40))
-        if np.hypot(x - blob[0], y - blob[1]) > 180 and all(np.hypot(x - a, y - b) > 70 for a, b in particles):
+        if np.hypot(x - blob[0], y - blob[1]) > radius + 80 and all(np.hypot(x - a, y - b) > 70 for a, b in particles):
             particles.append((x, y))
             raw[np.hypot(cols - x, rows - y) < 22] -= 1.0
     return preprocess(raw, 64.0), blob, particles
@@ -329,6 +329,10 @@ def test_dark_regions_mask_contamination_not_particles_or_ice_gradients() -> Non
     assert not mask[dist > 100 + 1.5 * 64].any()  # nothing else: not the particles, not the gradient
     assert not any(mask[y, x] for x, y in particles)
     assert not dark_regions(pre.image, 0.0).any()
+    # contamination cut by the edge of the micrograph, reaching 3.6 boxes in, is masked too; the
+    # thin dark band a gradient leaves along an edge is not (checked above, and alone:)
+    cut, _, _ = _contaminated_micrograph(blob=(0, 500), radius=230)
+    assert dark_regions(cut.image)[500, :200].all()
     # a blob no darker than the particles is not contamination; a strong gradient alone masks nothing
     assert not dark_regions(_contaminated_micrograph(blob_depth=1.0)[0].image).any()
     assert not dark_regions(_contaminated_micrograph(ramp=10.0, blob_depth=0.0)[0].image).any()
