@@ -329,9 +329,9 @@ def test_dark_regions_mask_contamination_not_particles_or_ice_gradients() -> Non
     assert not mask[dist > 100 + 1.5 * 64].any()  # nothing else: not the particles, not the gradient
     assert not any(mask[y, x] for x, y in particles)
     assert not dark_regions(pre.image, 0.0).any()
-    # contamination cut by the edge of the micrograph, reaching 3.6 boxes in, is masked too; the
-    # thin dark band a gradient leaves along an edge is not (checked above, and alone:)
-    cut, _, _ = _contaminated_micrograph(blob=(0, 500), radius=230)
+    # contamination cut by the edge of the micrograph, reaching 3.1 boxes in, is masked too (on
+    # flat ice); the thin dark band a gradient leaves along an edge is not (checked above, and alone:)
+    cut, _, _ = _contaminated_micrograph(ramp=0.0, blob=(0, 500), radius=200)
     assert dark_regions(cut.image)[500, :200].all()
     # a blob no darker than the particles is not contamination; a strong gradient alone masks nothing
     assert not dark_regions(_contaminated_micrograph(blob_depth=1.0)[0].image).any()
