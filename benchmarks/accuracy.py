@@ -25,6 +25,7 @@ Results are also written to benchmarks/cache/accuracy.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -451,7 +452,7 @@ def section_centres(results: dict) -> None:
     sets = {mol: sim_test(mol) for mol in recipe.molecules()}
     sets["ribosome"] = ribosome()  # not round: the symmetry check only
     sets["apoferritin"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
-    one_pass = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
+    one_pass = copy.deepcopy(model)
     one_pass.augment = 1
     for name, idx in sets.items():
         refs, box = references(idx), boxes(idx)

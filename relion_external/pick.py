@@ -91,8 +91,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise JobError(f"particle_diameter must be a positive number of Angstrom (got {args.particle_diameter})")
     if not (0.0 <= args.threshold <= 1.0):
         raise JobError(f"threshold must lie between 0 and 1 (got {args.threshold})")
-    if args.augment is not None and args.augment not in (1, 4, 8):
-        raise JobError(f"augment must be 1, 4 or 8 (got {args.augment})")
+    from deeppicker_relion.model import AUGMENTATIONS
+
+    if args.augment is not None and args.augment not in AUGMENTATIONS:
+        raise JobError(f"augment must be one of {', '.join(map(str, AUGMENTATIONS))} (got {args.augment})")
     if not (0.0 <= args.low_threshold <= 1.0):
         raise JobError(f"low_threshold must lie between 0 and 1 (got {args.low_threshold})")
     if not (math.isfinite(args.dark_sigma) and args.dark_sigma >= 0):

@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..errors import JobError
 from ..io.micrographs import micrograph_list
 from ..merge import write_shard_settings
-from ..model import default_weights_path, load_model
+from ..model import AUGMENTATIONS, default_weights_path, load_model
 from ..parallel import default_threads, parse_devices, pick_in_processes
 from ..pickjob import ABORT_FILE, Aborted, JobSummary, PickJob, abort_file_poller, parse_shard, prepare_output_dir
 from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scoring this or more (default 0.05; >= --threshold turns it off)")
     parser.add_argument("--min-confident", type=int, default=5,
                         help="picks >= --threshold that show a micrograph holds particles (default 5)")
-    parser.add_argument("--augment", type=int, choices=[1, 4, 8], default=None,
+    parser.add_argument("--augment", type=int, choices=list(AUGMENTATIONS), default=None,
                         help="score each window as the mean over 1, 4 (rotations) or 8 (and mirror images) "
                              "symmetric copies (default: what the model was calibrated with; the shipped model: 4); "
                              "1 scores 4x faster (a 4k micrograph end to end ~1.8x), other values shift its calibrated scores")
