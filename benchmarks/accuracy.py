@@ -3,7 +3,7 @@ contamination, self-training / semi-automated training, and Topaz side by side. 
 (markdown tables); not a timed test.
 
     python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
-    python benchmarks/accuracy.py --only lomo      # sections: lomo, shipped, empty, contamination, centres, finetune, topaz
+    python benchmarks/accuracy.py --only lomo      # sections: lomo, shipped, empty, contamination, centres, diameter, finetune, topaz
     python benchmarks/accuracy.py --no-train       # use only fold models that exist
 
 Held-out sets (never used to train or calibrate the model that picks them):
@@ -631,7 +631,33 @@ def section_topaz(results: dict) -> None:
               f"{theirs['best_f1']:.3f} | {theirs['topn_f1']:.3f} |", flush=True)  # fmt: skip
 
 
-SECTIONS = ("lomo", "shipped", "empty", "contamination", "centres", "finetune", "topaz")
+DIAMETER_FACTORS = (0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 2.0)
+
+
+def section_diameter(results: dict) -> None:
+    """How much the diameter the user gives may differ from the particle's: each held-out set
+    picked with its diameter x each factor, matched and scored as in the main table. Apoferritin's
+    diameter is its outer one (78 px); x 0.73 would be the annotators' 57 px disc."""
+    print("\n## Given diameter vs the particle's: F1 at the defaults (best F1)\n")
+    print("| held-out set | " + " | ".join(f"x {f:g}" for f in DIAMETER_FACTORS) + " |")
+    print("|---|" + "---|" * len(DIAMETER_FACTORS))
+    model = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
+    sets = {"erythrocruorin": sim_test("erythrocruorin_2gtl"), "20S proteasome": sim_test("proteasome20S_3j9i"),
+            "ribosome": ribosome(), "apoferritin": apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)}  # fmt: skip
+    out = results.setdefault("diameter", {})
+    for name, idx in sets.items():
+        # matched as in the main table (apoferritin within 0.2 x 57 px), whatever diameter picks
+        truth = idx if "eval_diameter_px" in idx.columns else idx.assign(eval_diameter_px=idx["diameter_px"])
+        cells = []
+        for f in DIAMETER_FACTORS:
+            cands, _ = pick_candidates(model, truth.assign(diameter_px=truth["diameter_px"] * f))
+            m = metrics(cands, truth)
+            out.setdefault(name, {})[f"{f:g}"] = m
+            cells.append(f"{m['f1']:.3f} ({m['best_f1']:.3f})")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+SECTIONS = ("lomo", "shipped", "empty", "contamination", "centres", "diameter", "finetune", "topaz")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -672,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
             section_contamination(results)
         elif section == "centres":
             section_centres(results)
+        elif section == "diameter":
+            section_diameter(results)
         elif section == "finetune":
             section_finetune(results, args.finetune_targets)
         elif section == "topaz":

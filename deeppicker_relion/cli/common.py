@@ -27,8 +27,8 @@ def add_micrograph_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_size_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--diameter", type=float, help="particle diameter in Angstrom (the box equals it)")
-    group.add_argument("--box", type=float, help="particle box (= diameter) in pixels of the original micrograph")
+    group.add_argument("--diameter", type=float, help="particle diameter in Angstrom: the full outer diameter (the box equals it); if unsure, err large")
+    group.add_argument("--box", type=float, help="particle box (= diameter) in pixels of the original micrograph, not the extraction box")
 
 
 def particle_size(args: argparse.Namespace) -> ParticleSize:
