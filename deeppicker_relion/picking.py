@@ -22,6 +22,7 @@ later without re-scoring.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .errors import JobError
 from .preprocess import INPUT_SIZE, Preprocessed
 from .scoring import ScoreMap
 
@@ -158,6 +160,12 @@ def _reach(region: np.ndarray) -> float:
     if cols.max() == n_cols - 1:
         reach.append(n_cols - cols.min())
     return float(min(reach)) if reach else np.inf
+
+
+def check_dark_sigma(value: float, option: str) -> None:
+    """One-line error (``JobError`` naming ``option``) unless ``value`` is 0 (off) or positive."""
+    if not (math.isfinite(value) and value >= 0):
+        raise JobError(f"{option} must be 0 (off) or a positive number of standard deviations (got {value})")
 
 
 def dark_regions(image: np.ndarray, sigma: float = 4.0) -> np.ndarray:

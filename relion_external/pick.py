@@ -92,13 +92,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if not (0.0 <= args.threshold <= 1.0):
         raise JobError(f"threshold must lie between 0 and 1 (got {args.threshold})")
     from deeppicker_relion.model import AUGMENTATIONS
+    from deeppicker_relion.picking import check_dark_sigma
 
     if args.augment is not None and args.augment not in AUGMENTATIONS:
         raise JobError(f"augment must be one of {', '.join(map(str, AUGMENTATIONS))} (got {args.augment})")
     if not (0.0 <= args.low_threshold <= 1.0):
         raise JobError(f"low_threshold must lie between 0 and 1 (got {args.low_threshold})")
-    if not (math.isfinite(args.dark_sigma) and args.dark_sigma >= 0):
-        raise JobError(f"dark_sigma must be 0 (off) or a positive number of standard deviations (got {args.dark_sigma})")
+    check_dark_sigma(args.dark_sigma, "dark_sigma")
     if args.max_picks is not None and args.max_picks <= 0:
         args.max_picks = None
     name = str(args.pickname)

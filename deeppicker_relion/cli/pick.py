@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from ..model import AUGMENTATIONS, default_weights_path, load_model
 from ..parallel import default_threads, parse_devices, pick_in_processes
 from ..pickjob import ABORT_FILE, Aborted, JobSummary, PickJob, abort_file_poller, parse_shard, prepare_output_dir
 from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
-from ..picking import PickParams
+from ..picking import PickParams, check_dark_sigma
 from ..pipeline import check_particle_size
 from ..selftrain import self_train
 from ..training import TrainParams
@@ -96,8 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     setup(args)
     size = particle_size(args)
-    if not (math.isfinite(args.dark_sigma) and args.dark_sigma >= 0):
-        raise JobError(f"--dark-sigma must be 0 (off) or a positive number of standard deviations (got {args.dark_sigma})")
+    check_dark_sigma(args.dark_sigma, "--dark-sigma")
     params = PickParams(threshold=args.threshold, max_picks=args.max_picks, clean=not args.no_clean,
                         low_threshold=args.low_threshold, min_confident=args.min_confident, dark_sigma=args.dark_sigma)
     mics = micrograph_list(args.micrographs, args.angpix)
