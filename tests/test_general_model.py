@@ -38,7 +38,8 @@ def test_shipped_weights_load_and_are_documented(general) -> None:
     model, info = general
     path = default_weights_path()
     assert path.is_file() and path.stat().st_size < 5_000_000
-    assert isinstance(model, DeepPickerNet) and model.architecture == "deeppicker2016"
+    assert isinstance(model, DeepPickerNet) and model.architecture == "deeppicker2016-wide"
+    assert info["architecture"] == info["recipe_params"]["architecture"] == model.architecture
     assert not model.training
     assert "make_general_model.py" in info["recipe"]
     # the shipped model is trained on random molecules only: every benchmark molecule is held out

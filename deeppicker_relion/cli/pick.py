@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", type=int, choices=list(AUGMENTATIONS), default=None,
                         help="score each window as the mean over 1, 4 (rotations) or 8 (and mirror images) "
                              "symmetric copies (default: what the model was calibrated with; the shipped model: 4); "
-                             "1 scores 4x faster (a 4k micrograph end to end ~1.8x), other values shift its calibrated scores")
+                             "1 scores 4x faster (a 4k micrograph end to end ~2x), other values shift its calibrated scores")
     parser.add_argument("--format", choices=["star", "box", "txt"], default="star", help="coordinate format (default star)")
     parser.add_argument("--pickname", default="deeppicker", help="suffix of the coordinate files (default deeppicker)")
     parser.add_argument("--cs", action="store_true", help="also write OUTDIR/particles.cs for CryoSPARC")
