@@ -6,7 +6,8 @@ Micrographs: simulated 1k, 2k and 4k square float32 MRCs (cached in benchmarks/c
 20S proteasome at 0.9 A/px with a 180 A diameter, i.e. a 200 px box: the resampled image the
 network sees is 64/200 of the micrograph (328, 655 and 1311 px). Each (size, method) runs in a
 fresh subprocess so its peak RSS is its own. "dense" and "patches" score as the shipped model does
-(its test-time augmentation, 4 rotations); "dense x1" without augmentation (`--augment 1`).
+(its test-time augmentation: each window and its half turn, 2 passes); "dense x1" without
+augmentation (`--augment 1`), "dense x4" over the 4 rotations (`--augment 4`).
 
 Usage:
   python benchmarks/speed.py                      # all sizes, dense + patch-by-patch + Topaz if installed
@@ -69,8 +70,8 @@ def worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
         model, _ = load_model(None, device)
     else:  # timing does not depend on the weights' values
         model = DeepPickerNet().eval().to(device)
-    if method == "dense1":
-        model.augment = 1
+    if method in ("dense1", "dense4"):
+        model.augment = int(method[-1])
     paths = make_micrographs(size, repeats)
     size_spec = ParticleSize(box_px=BOX_PX)
     times = []
@@ -138,21 +139,22 @@ def main() -> None:
     patch_sizes = args.sizes if args.patch_sizes is None else args.patch_sizes
     print(f"box {BOX_PX:.0f} px (diameter {DIAMETER_A:.0f} A at {PIXEL_A} A/px); {os.cpu_count()} CPU cores; "
           f"device {'cuda:' + args.gpu if args.gpu else 'cpu'}; median of {args.repeats} micrographs")
-    header = f"{'size':>6} {'resampled':>9} {'dense x1 s':>10} {'dense s':>8} {'RSS MB':>7} {'patches s':>9} {'RSS MB':>7} {'speed-up':>8} {'CLI s':>6} {'Topaz s':>8} {'vs Topaz':>8}"
+    header = f"{'size':>6} {'resampled':>9} {'dense x1 s':>10} {'dense s':>8} {'dense x4 s':>10} {'RSS MB':>7} {'patches s':>9} {'RSS MB':>7} {'speed-up':>8} {'CLI s':>6} {'Topaz s':>8} {'vs Topaz':>8}"
     print(header)
     print("-" * len(header))
     for size in args.sizes:
         make_micrographs(size, args.repeats)
         dense1 = run_worker(size, "dense1", args.repeats, args.gpu)
         dense = run_worker(size, "dense", args.repeats, args.gpu)
+        dense4 = run_worker(size, "dense4", args.repeats, args.gpu)
         patches = run_worker(size, "patches", 1, args.gpu) if size in patch_sizes else None
         cli = run_cli(size, args.repeats)
         topaz = None if args.no_topaz else run_topaz(size, args.repeats)
         ps = f"{patches['seconds']:9.2f} {patches['peak_rss_mb']:7.0f} {patches['seconds'] / dense['seconds']:7.1f}x" if patches else f"{'-':>9} {'-':>7} {'-':>8}"
         ts = f"{topaz:8.2f} {topaz / cli:7.1f}x" if topaz else f"{'-':>8} {'-':>8}"
-        print(f"{size:>6} {dense['resampled']:>9} {dense1['seconds']:10.3f} {dense['seconds']:8.3f} {dense['peak_rss_mb']:7.0f} {ps} {cli:6.2f} {ts}", flush=True)
+        print(f"{size:>6} {dense['resampled']:>9} {dense1['seconds']:10.3f} {dense['seconds']:8.3f} {dense4['seconds']:10.3f} {dense['peak_rss_mb']:7.0f} {ps} {cli:6.2f} {ts}", flush=True)
     print("dense/patches: one micrograph in-process, end to end (read, preprocess, score, pick, write), with the")
-    print("shipped model's test-time augmentation; dense x1: without it (--augment 1);")
+    print("shipped model's test-time augmentation (x2); dense x1 / x4: --augment 1 / 4;")
     print("CLI and Topaz: whole commands on the same micrographs, wall time / micrographs (start-up included).")
 
 

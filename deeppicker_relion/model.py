@@ -25,8 +25,9 @@ from .preprocess import INPUT_SIZE
 
 FORMAT_VERSION = "1"
 # Test-time augmentation: a score map is the mean logit margin over this many symmetric copies of
-# the micrograph (1: as is; 4: the four 90-degree rotations; 8: rotations and their mirror images).
-AUGMENTATIONS = (1, 4, 8)
+# the micrograph (1: as is; 2: as is and turned by 180 degrees; 4: the four 90-degree rotations;
+# 8: rotations and their mirror images).
+AUGMENTATIONS = (1, 2, 4, 8)
 
 
 class DeepPickerNet(nn.Module):
@@ -43,6 +44,13 @@ class DeepPickerNet(nn.Module):
         # test-time augmentation the model's scores (and calibration) are meant for: one of
         # AUGMENTATIONS, stored in the weights file's metadata ("augment"); see scoring.py
         self.augment = 1
+        # The count the calibration folded into fc2 was made for (load_model: the metadata's
+        # "augment"); ``augment`` may be changed afterwards (--augment) to score with another.
+        self.calibrated_augment: int | None = None
+        # Calibrations per count of copies (``calibration_by_augment`` in the metadata; set by
+        # load_model, never saved from here): {n: (a, c)}, the margin calibrated for ``n`` copies
+        # being a * (raw margin) + c; used when scoring with another count (augment_correction).
+        self.augment_calibration: dict[int, tuple[float, float]] = {}
         kernels = (9, 5, 3, 2)
         c_in = 1
         self.convs = nn.ModuleList()
@@ -165,6 +173,20 @@ def fold_logit_calibration(model: DeepPickerNet, scale: float, offset: float) ->
     return model
 
 
+def augment_correction(model: DeepPickerNet, n: int) -> tuple[float, float]:
+    """(scale, shift) that turn the model's margin (calibrated for ``model.calibrated_augment``
+    copies, the count in its weights file) into the margin calibrated for ``n`` copies: ``scale *
+    margin + shift``. (1, 0) when ``n`` is that count or no calibration for ``n`` is recorded (then
+    the scores are the model's own calibration applied to ``n`` copies)."""
+    table = getattr(model, "augment_calibration", {}) or {}
+    calibrated = getattr(model, "calibrated_augment", None)
+    own, other = table.get(calibrated), table.get(int(n))
+    if n == calibrated or own is None or other is None:
+        return 1.0, 0.0
+    scale = other[0] / own[0]
+    return scale, other[1] - scale * own[1]
+
+
 def build_model(architecture: str = "deeppicker2016") -> DeepPickerNet:
     """A freshly initialised network of the named architecture."""
     if architecture not in ARCHITECTURES:
@@ -246,6 +268,13 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     augment = info.get("augment", 1)
     if augment not in AUGMENTATIONS:
         raise JobError(f"metadata 'augment' is {augment!r}; expected one of {', '.join(map(str, AUGMENTATIONS))}", path)
-    model.augment = int(augment)
+    model.augment = model.calibrated_augment = int(augment)
+    table = info.get("calibration_by_augment", {})
+    try:
+        model.augment_calibration = {int(n): (float(c["a"]), float(c["b"]) + float(c["offset"])) for n, c in table.items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise JobError("metadata 'calibration_by_augment' is malformed (expected {n: {a, b, offset}})", path) from None
+    if any(n not in AUGMENTATIONS or not a > 0 for n, (a, _) in model.augment_calibration.items()):
+        raise JobError(f"metadata 'calibration_by_augment' has a count outside {AUGMENTATIONS} or a scale <= 0", path)
     model.to(device).eval()
     return model, info

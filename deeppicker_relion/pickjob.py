@@ -59,7 +59,7 @@ class PickJob:
     resume: bool = True
     shard: tuple[int, int] | None = None
     prefetch: int = 2  # micrographs read and preprocessed ahead of scoring (0 = none)
-    augment: int | None = None  # test-time augmentation (1, 4, 8); None: the model's own (scoring.py)
+    augment: int | None = None  # test-time augmentation (1, 2, 4, 8); None: the model's own (scoring.py)
 
     def coordinate_path(self, name: str) -> Path:
         """Coordinate file of micrograph ``name`` (its RELION path)."""

@@ -12,10 +12,12 @@ convolutional pass, processed in strips to bound memory) and :func:`score_map_pa
 reference: every window cut out and classified on its own).
 
 Test-time augmentation (``augment``, default: the model's own, ``model.augment``): the logit
-margin of each window is the mean over its 4 rotations by 90 degrees (``augment=4``) or those and
-their mirror images (``augment=8``). The network is not exactly rotation invariant; averaging
-symmetric copies smooths the score map, which measurably ranks particles better and centres them
-closer (benchmarks/accuracy.py, MODEL_CARD.md) at 4x / 8x the scoring time.
+margin of each window is the mean over the window and its half turn (``augment=2``), its 4
+rotations by 90 degrees (``augment=4``) or those and their mirror images (``augment=8``). The
+network is not exactly rotation invariant; averaging symmetric copies smooths the score map, which
+measurably ranks particles better and centres them closer (benchmarks/accuracy.py, MODEL_CARD.md)
+at 2x / 4x / 8x the scoring time. The half turn alone already cancels a constant offset of the
+network's peaks (it maps an offset (dx, dy) to (-dx, -dy)).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import AUGMENTATIONS, DeepPickerNet
+from .model import AUGMENTATIONS, DeepPickerNet, augment_correction
 from .preprocess import INPUT_SIZE
 
 DEFAULT_STEP = 4
@@ -76,7 +78,10 @@ def _augment_count(model: DeepPickerNet, augment: int | None) -> int:
 
 
 def _transforms(n: int) -> list[tuple[int, bool]]:
-    """(quarter turns, mirrored) of the first ``n`` symmetric copies (mirror = columns reversed first)."""
+    """(quarter turns, mirrored) of the ``n`` symmetric copies (mirror = columns reversed first):
+    2 = as is and a half turn; 4 = the four rotations; 8 = those and their mirror images."""
+    if n == 2:
+        return [(0, False), (2, False)]
     return [(k, flip) for flip in (False, True) for k in range(4)][:n]
 
 
@@ -100,7 +105,7 @@ def score_map_dense(
 ) -> ScoreMap:
     """Dense scoring in horizontal strips of at most ``max_pixels`` input pixels each.
 
-    With ``augment`` 4 or 8 (default ``model.augment``), the mean margin over the symmetric copies
+    With ``augment`` 2, 4 or 8 (default ``model.augment``), the mean margin over the symmetric copies
     of the image (cropped to whole grid steps first, which drops no window, so that the grid maps
     onto itself under rotation).
 
@@ -108,19 +113,31 @@ def score_map_dense(
     the pooling grid) the whole image would: results do not depend on the strip size. Lower
     ``max_pixels`` on GPUs with little memory. On an out-of-memory error the strip height is halved
     and the strip retried (down to one grid row), and the smaller size is kept for the device.
+
+    With an ``augment`` other than the model's own, the margins are recalibrated for it when the
+    weights record a calibration for that count (:func:`~.model.augment_correction`).
     """
     model.eval()
     rows, cols = _grid_shape(image.shape, step)
-    if rows < 1 or cols < 1:
-        return ScoreMap(np.zeros((max(rows, 0), max(cols, 0)), np.float32), step, _centre(_augment_count(model, augment)))
     n = _augment_count(model, augment)
-    if n > 1:
+    if rows < 1 or cols < 1:
+        return ScoreMap(np.zeros((max(rows, 0), max(cols, 0)), np.float32), step, _centre(n))
+    if n == 1:
+        logits = _dense_pass(model, image, step, device, max_pixels)
+    else:
         image = image[: (rows - 1) * step + INPUT_SIZE, : (cols - 1) * step + INPUT_SIZE]
         total = np.zeros((rows, cols), dtype=np.float64)
         for k, flip in _transforms(n):
             copy = np.ascontiguousarray(_forward(image, k, flip))
-            total += _backward(score_map_dense(model, copy, step, device, max_pixels, augment=1).logits, k, flip)
-        return ScoreMap((total / n).astype(np.float32), step, _centre(n))
+            total += _backward(_dense_pass(model, copy, step, device, max_pixels), k, flip)
+        logits = total / n
+    scale, shift = augment_correction(model, n)
+    return ScoreMap((scale * logits + shift).astype(np.float32), step, _centre(n))
+
+
+def _dense_pass(model: DeepPickerNet, image: np.ndarray, step: int, device: str | torch.device, max_pixels: int) -> np.ndarray:
+    """One fully convolutional pass over ``image`` in strips (score_map_dense): margins, float32."""
+    rows, cols = _grid_shape(image.shape, step)
     out = np.empty((rows, cols), dtype=np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     max_pixels = min(max_pixels, _STRIP_LIMIT.get(str(device), max_pixels))
@@ -145,7 +162,7 @@ def score_map_dense(
                 torch.cuda.empty_cache()
             continue
         r0 = r1
-    return ScoreMap(out, step)
+    return out
 
 
 # Largest strip (input pixels) that fitted per device after an out-of-memory error: on CUDA the
@@ -179,4 +196,5 @@ def score_map_patches(
             logits = model(copy)
             margin += logits[:, 1] - logits[:, 0]
         scores[start : start + batch.shape[0]] = (margin / n).float().cpu().numpy()
-    return ScoreMap(scores.reshape(rows, cols), step, _centre(n))
+    scale, shift = augment_correction(model, n)
+    return ScoreMap((scale * scores.reshape(rows, cols) + shift).astype(np.float32), step, _centre(n))

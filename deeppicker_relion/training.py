@@ -243,6 +243,7 @@ def train(
     x_val = x_all[val_idx].to(device).contiguous(memory_format=fmt)
     y_val = y_all[val_idx].to(device)
     model = copy.deepcopy(init) if init is not None else build_model(params.architecture)
+    model.augment_calibration = {}  # the initial model's calibrations do not hold for new weights
     model.to(device).to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
     history = History(n_train=len(train_idx), n_val=n_val)

@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--max_picks", type=int, default=None, metavar="N",
              help="at most N picks per micrograph, best first (default: no limit; 0 = no limit)")
     optional(parser, "--augment", type=int, default=None, metavar="N",
-             help="test-time augmentation: score each window over 1, 4 (rotations) or 8 (and mirror images) "
-                  "symmetric copies (default: what the model was calibrated with; the shipped model: 4)")
+             help="test-time augmentation: score each window over 1, 2 (and its half turn), 4 (rotations) or 8 "
+                  "(and mirror images) symmetric copies (default: what the model was calibrated with; the shipped "
+                  "model: 2, with calibrations for 1 and 4 too)")
     optional(parser, "--dark_sigma", type=float, default=4.0, metavar="K",
              help="drop candidates in or near dark regions over 2 boxes large (contamination, ice crystals) "
                   "darker than K robust SDs (default 4; 0 = off)")

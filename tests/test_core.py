@@ -139,7 +139,7 @@ def test_dense_strips_do_not_change_scores(random_model: DeepPickerNet) -> None:
     np.testing.assert_allclose(whole, strips, atol=1e-5)
 
 
-@pytest.mark.parametrize("augment", [4, 8])
+@pytest.mark.parametrize("augment", [2, 4, 8])
 @pytest.mark.parametrize("shape", [(150, 203), (97, 64)])
 def test_augmented_dense_equals_patch_by_patch(random_model: DeepPickerNet, shape, augment: int) -> None:
     """Test-time augmentation: the dense pass over rotated/mirrored copies of the whole image
@@ -183,6 +183,24 @@ def test_augmented_window_centres_turn_with_the_image(random_model: DeepPickerNe
     assert score_map_dense(random_model, image, augment=1).centre == 32.0
 
 
+def test_half_turn_augmentation_turns_with_a_half_turned_image(random_model: DeepPickerNet) -> None:
+    """``augment=2`` (the window and its half turn): the score map of the micrograph turned by 180
+    degrees is the score map turned by 180 degrees, and its best window is the turned best window,
+    to the pixel (window centre 31.5); a quarter turn is not a symmetry of it."""
+    image = np.random.default_rng(11).normal(size=(148, 200)).astype(np.float32)  # whole grid steps
+    height, width = image.shape
+    for scorer in (score_map_dense, score_map_patches):
+        base = scorer(random_model, image, augment=2)
+        turned = scorer(random_model, np.ascontiguousarray(image[::-1, ::-1]), augment=2)
+        np.testing.assert_allclose(turned.logits, base.logits[::-1, ::-1], atol=1e-4)
+        x, y = base.centres(*np.unravel_index(np.argmax(base.logits), base.logits.shape))
+        xt, yt = turned.centres(*np.unravel_index(np.argmax(turned.logits), turned.logits.shape))
+        assert base.centre == 31.5
+        assert (float(xt), float(yt)) == pytest.approx((width - 1 - float(x), height - 1 - float(y)))
+    quarter = score_map_dense(random_model, np.ascontiguousarray(np.rot90(image[:, :148])), augment=2).logits
+    assert np.abs(quarter - np.rot90(score_map_dense(random_model, image[:, :148], augment=2).logits)).max() > 1e-2
+
+
 def test_model_carries_its_augmentation(tmp_path: Path, random_model: DeepPickerNet) -> None:
     """The weights file records the augmentation the model is calibrated for; scoring uses it by
     default; a bad value in the metadata is refused naming the file."""
@@ -199,7 +217,56 @@ def test_model_carries_its_augmentation(tmp_path: Path, random_model: DeepPicker
     with pytest.raises(JobError, match=r"bad\.safetensors.*augment"):
         load_model(tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="augment"):
-        score_map_dense(random_model, image, augment=2)
+        score_map_dense(random_model, image, augment=3)
+
+
+def test_other_augment_counts_use_their_own_recorded_calibration(tmp_path: Path, random_model: DeepPickerNet) -> None:
+    """Weights calibrated for 2 copies that also record calibrations for 1 and 4
+    (``calibration_by_augment``: margin = a * raw + b + offset): scoring with another count applies
+    that count's calibration on both scoring paths; the own count is unchanged; a count without a
+    record keeps the model's; a malformed table is refused naming the file."""
+    model = build_model()
+    model.load_state_dict(random_model.state_dict())
+    model.augment = 2
+    table = {"2": {"a": 3.0, "b": 0.5, "offset": -1.5}, "1": {"a": 2.0, "b": -1.0, "offset": -1.0},
+             "4": {"a": 3.0, "b": 0.0, "offset": -0.5}}
+    save_model(model, tmp_path / "cal.safetensors", {"calibration_by_augment": table})
+    loaded, _ = load_model(tmp_path / "cal.safetensors")
+    assert loaded.augment_calibration == {2: (3.0, -1.0), 1: (2.0, -2.0), 4: (3.0, -0.5)}
+    image = np.random.default_rng(4).normal(size=(130, 140)).astype(np.float32)
+    for scorer in (score_map_dense, score_map_patches):
+        own = scorer(random_model, image, augment=1).logits  # the model's calibration on one pass
+        # raw = (own - (-1)) / 3; calibrated for one pass: 2 * raw - 2
+        np.testing.assert_allclose(scorer(loaded, image, augment=1).logits, 2 * (own + 1) / 3 - 2, atol=1e-4)
+        np.testing.assert_allclose(scorer(loaded, image).logits, scorer(random_model, image, augment=2).logits, atol=1e-5)
+        four = scorer(random_model, image, augment=4).logits
+        np.testing.assert_allclose(scorer(loaded, image, augment=4).logits, four + 0.5, atol=1e-4)
+        np.testing.assert_allclose(scorer(loaded, image, augment=8).logits, scorer(random_model, image, augment=8).logits, atol=1e-5)
+    # as `deeppicker pick --augment 1` and the RELION job do: change the model's scoring count
+    loaded.augment = 1
+    np.testing.assert_allclose(score_map_dense(loaded, image).logits, score_map_dense(loaded, image, augment=1).logits)
+    np.testing.assert_allclose(score_map_dense(loaded, image).logits,
+                               2 * (score_map_dense(random_model, image, augment=1).logits + 1) / 3 - 2, atol=1e-4)
+    save_model(model, tmp_path / "bad_table.safetensors", {"calibration_by_augment": {"1": {"a": 1.0}}})
+    with pytest.raises(JobError, match=r"bad_table\.safetensors.*calibration_by_augment"):
+        load_model(tmp_path / "bad_table.safetensors")
+    save_model(model, tmp_path / "bad_count.safetensors", {"calibration_by_augment": {"3": {"a": 1.0, "b": 0, "offset": 0}}})
+    with pytest.raises(JobError, match=r"bad_count\.safetensors.*calibration_by_augment"):
+        load_model(tmp_path / "bad_count.safetensors")
+
+
+def test_fine_tuning_drops_the_initial_models_calibration_table(random_model: DeepPickerNet) -> None:
+    """New weights trained from a calibrated model no longer carry its per-count calibrations (which
+    would otherwise shift the fine-tuned model's scores under --augment)."""
+    from deeppicker_relion.training import TrainingSet, TrainParams, train
+
+    rng = np.random.default_rng(0)
+    data = TrainingSet(rng.normal(size=(36, 1, INPUT_SIZE, INPUT_SIZE)).astype(np.float32), np.arange(36) % 2)
+    init = build_model()
+    init.load_state_dict(random_model.state_dict())
+    init.augment_calibration = {1: (2.0, -1.0), 2: (3.0, 0.0)}
+    tuned, _ = train(data, TrainParams(max_epochs=1, batch_size=16), init=init)
+    assert tuned.augment_calibration == {} and init.augment_calibration == {1: (2.0, -1.0), 2: (3.0, 0.0)}
 
 
 def test_weights_round_trip(tmp_path: Path, random_model: DeepPickerNet) -> None:

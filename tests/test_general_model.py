@@ -45,8 +45,12 @@ def test_shipped_weights_load_and_are_documented(general) -> None:
     # the shipped model is trained on random molecules only: every benchmark molecule is held out
     assert info["holdout"] == "all" and info["real_data"] == []
     assert 0 < info["calibration"]["a"] and info["calibration"]["folded_into"] == "fc2"
-    # calibrated for, and scoring by default with, the mean over the 4 rotations of each window
-    assert model.augment == 4 and info["augment"] == info["recipe_params"]["augment"] == 4
+    # calibrated for, and scoring by default with, the mean over each window and its half turn
+    assert model.augment == 2 and info["augment"] == info["recipe_params"]["augment"] == 2
+    # ... and carries the same rule's calibration for 1 and 4 copies (--augment 1 / 4)
+    own = info["calibration"]
+    assert sorted(model.augment_calibration) == [1, 2, 4]
+    assert model.augment_calibration[2] == pytest.approx((own["a"], own["b"] + own["offset"]))
     assert (path.parent / "MODEL_CARD.md").is_file()
 
 
