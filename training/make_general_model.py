@@ -769,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         _, _, val = training_index(args.holdout, recipe)
         a, b, off = previous.get("a", 1.0), previous.get("b", 0.0), previous.get("offset", 0.0)
         fold_logit_calibration(model, 1.0 / a, -(b + off) / a)  # undo the previous calibration
+        model.augment_calibration, model.calibrated_augment = {}, None  # ... and its per-count table
         model.augment = info["augment"] = recipe.augment
         raw = copy.deepcopy(model)
         info["calibration"] = calibrate(model, val, recipe)
