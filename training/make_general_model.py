@@ -597,22 +597,25 @@ def calibrate(model: DeepPickerNet, val: pd.DataFrame, recipe: Recipe) -> dict:
             "n_empty_validation": n_empty}  # fmt: skip
 
 
-def calibrate_counts(model: DeepPickerNet, val: pd.DataFrame, recipe: Recipe, own: dict) -> dict:
-    """The calibration rule of :func:`calibrate` for each count of copies in
-    ``CALIBRATED_AUGMENTS`` (``own``: the one already made for ``recipe.augment``), on copies of the
-    uncalibrated ``model``: the weights' ``calibration_by_augment``, used when a user scores with
-    ``--augment N`` other than the shipped count. Returns {str(n): {a, b, offset, val_realistic}}."""
+def calibrate_counts(model: DeepPickerNet, val: pd.DataFrame, recipe: Recipe) -> tuple[dict, dict]:
+    """:func:`calibrate` the uncalibrated ``model`` in place for ``recipe.augment`` copies, and
+    apply the same rule to copies of it for each other count in ``CALIBRATED_AUGMENTS`` (the
+    weights' ``calibration_by_augment``, used when a user scores with another ``--augment N``).
+    Returns (the calibration, {str(n): {a, b, offset, val_realistic}})."""
+    model.augment = recipe.augment
     table = {}
     for n in CALIBRATED_AUGMENTS:
         if n == recipe.augment:
-            cal = own
-        else:
-            other = copy.deepcopy(model)
-            other.augment = n
-            cal = calibrate(other, val, recipe)
-            log.info("calibration for %d copies: %s", n, cal)
-        table[str(n)] = {k: cal[k] for k in ("a", "b", "offset", "val_realistic")}
-    return table
+            continue
+        other = copy.deepcopy(model)
+        other.augment = n
+        cal = calibrate(other, val, recipe)
+        log.info("calibration for %d copies: %s", n, cal)
+        table[str(n)] = cal
+    own = calibrate(model, val, recipe)
+    table[str(recipe.augment)] = own
+    keys = ("a", "b", "offset", "val_realistic")
+    return own, {n: {k: table[n][k] for k in keys} for n in sorted(table, key=int)}
 
 
 def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -686,11 +689,8 @@ def make_model(
         model, hist2 = train(TrainingSet.concat([data, hard]), params2, init=model)
         log.info("round 2 done: best epoch %d of %d, val loss %.4f (%.0f s)", hist2.best_epoch + 1, len(hist2.val_loss),
                  hist2.val_loss[hist2.best_epoch], time.perf_counter() - t0)  # fmt: skip
-    model.augment = recipe.augment  # calibrated for the scoring it ships with
-    raw = copy.deepcopy(model)
-    calibration = calibrate(model, val, recipe)
+    calibration, by_augment = calibrate_counts(model, val, recipe)  # for the scoring it ships with, and 1 / 4
     log.info("calibration %s (%.0f s)", calibration, time.perf_counter() - t0)
-    by_augment = calibrate_counts(raw, val, recipe, calibration)
     maps = [] if holdout == "all" else [m for m in molecules() if m != holdout]
     info = {
         "recipe": "training/make_general_model.py" + (f" --holdout {holdout}" if holdout else " --holdout none"),
@@ -770,10 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         a, b, off = previous.get("a", 1.0), previous.get("b", 0.0), previous.get("offset", 0.0)
         fold_logit_calibration(model, 1.0 / a, -(b + off) / a)  # undo the previous calibration
         model.augment_calibration, model.calibrated_augment = {}, None  # ... and its per-count table
-        model.augment = info["augment"] = recipe.augment
-        raw = copy.deepcopy(model)
-        info["calibration"] = calibrate(model, val, recipe)
-        info["calibration_by_augment"] = calibrate_counts(raw, val, recipe, info["calibration"])
+        info["augment"] = recipe.augment
+        info["calibration"], info["calibration_by_augment"] = calibrate_counts(model, val, recipe)
         info["recipe_params"] = asdict(recipe)
         save_model(model, output, info)
         log.info("recalibrated %s -> %s: %s", args.recalibrate, output, info["calibration"])
