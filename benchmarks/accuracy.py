@@ -50,7 +50,7 @@ from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet  # noqa: E402
 from deeppicker_relion.model import load_model as _load_model  # noqa: E402
 from deeppicker_relion.picking import PickParams, find_candidates, select, select_picks  # noqa: E402
-from deeppicker_relion.preprocess import preprocess  # noqa: E402
+from deeppicker_relion.preprocess import DEFAULT_NORMALISATION, preprocess  # noqa: E402
 from deeppicker_relion.scoring import score_map_dense  # noqa: E402
 
 log = logging.getLogger("accuracy")
@@ -117,7 +117,7 @@ def pick_candidates(model: DeepPickerNet, index: pd.DataFrame, params: PickParam
         params = PickParams(**{**params.__dict__, "peak_window": params.peak_window / context})
     for _, row in index.iterrows():
         mic = read_micrograph(row["path"])
-        pre = preprocess(mic.data, context * float(row["diameter_px"]))
+        pre = preprocess(mic.data, context * float(row["diameter_px"]), model.normalisation)
         out[row["name"]] = find_candidates(score_map_dense(model, pre.image), pre, params)
     return out, (time.perf_counter() - start) / max(1, len(index))
 
@@ -528,7 +528,8 @@ def semi_automated(init: DeepPickerNet | None, index: pd.DataFrame, n_picks: int
         ref = read_coordinates(row["coords"])[["x", "y"]].to_numpy(float)
         ref = ref[: n_picks - total]
         total += len(ref)
-        pre = preprocess(read_micrograph(row["path"]).data, float(row["diameter_px"]))
+        norm = init.normalisation if init is not None else DEFAULT_NORMALISATION
+        pre = preprocess(read_micrograph(row["path"]).data, float(row["diameter_px"]), norm)
         params = TrainParams(negative_ratio=3.0, near_miss_fraction=0.3, seed=seed)
         sets.append(make_training_set(pre, ref, rng, params))
     params = TrainParams(max_epochs=epochs, negative_ratio=3.0, near_miss_fraction=0.3, seed=seed,

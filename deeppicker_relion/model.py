@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import JobError
 from .io.atomic import atomic_path
-from .preprocess import INPUT_SIZE
+from .preprocess import DEFAULT_NORMALISATION, INPUT_SIZE, NORMALISATIONS
 
 FORMAT_VERSION = "1"
 # Test-time augmentation: a score map is the mean logit margin over this many symmetric copies of
@@ -51,6 +51,10 @@ class DeepPickerNet(nn.Module):
         # load_model, never saved from here): {n: (a, c)}, the margin calibrated for ``n`` copies
         # being a * (raw margin) + c; used when scoring with another count (augment_correction).
         self.augment_calibration: dict[int, tuple[float, float]] = {}
+        # How micrographs are normalised when this network scores them or is fine-tuned on them
+        # (preprocess.normalise); stored in the weights' metadata ("normalisation"; weights
+        # without it were made with "global")
+        self.normalisation = DEFAULT_NORMALISATION
         kernels = (9, 5, 3, 2)
         c_in = 1
         self.convs = nn.ModuleList()
@@ -200,6 +204,7 @@ def save_model(model: DeepPickerNet, path: str | Path, metadata: dict | None = N
 
     info = dict(metadata or {})
     info.setdefault("augment", int(getattr(model, "augment", 1)))
+    info["normalisation"] = getattr(model, "normalisation", DEFAULT_NORMALISATION)
     meta = {
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,
@@ -276,5 +281,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         raise JobError("metadata 'calibration_by_augment' is malformed (expected {n: {a, b, offset}})", path) from None
     if any(n not in AUGMENTATIONS or not a > 0 for n, (a, _) in model.augment_calibration.items()):
         raise JobError(f"metadata 'calibration_by_augment' has a count outside {AUGMENTATIONS} or a scale <= 0", path)
+    normalisation = info.get("normalisation", "global")  # older weights: the whole micrograph's spread
+    if normalisation not in NORMALISATIONS:
+        raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
+    model.normalisation = normalisation
     model.to(device).eval()
     return model, info

@@ -191,7 +191,7 @@ def run_pick_job(
     if len(todo):
         check_particle_size(todo, job.size)
     total, particles, start = len(mics), sum(r["n_picks"] for r in rows), time.perf_counter()
-    for row, prepared in prefetch(todo, job.size, ahead=job.prefetch):
+    for row, prepared in prefetch(todo, job.size, ahead=job.prefetch, normalisation=model.normalisation):
         if should_abort is not None and should_abort():
             raise Aborted("abort requested")
         name = row["name"]

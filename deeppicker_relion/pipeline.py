@@ -21,7 +21,7 @@ from .errors import DeepPickerError, JobError, MicrographError
 from .io.mrc import Micrograph, read_header, read_micrograph
 from .model import DeepPickerNet
 from .picking import PickParams, find_candidates, select_picks
-from .preprocess import Preprocessed, preprocess
+from .preprocess import DEFAULT_NORMALISATION, Preprocessed, preprocess
 from .scoring import DEFAULT_STEP, ScoreMap, score_map_dense, score_map_patches
 
 
@@ -125,9 +125,12 @@ class MicrographResult:
     pre: Preprocessed | None = None
 
 
-def prepare(name: str, path: str, size: ParticleSize, pixel_size: float | None = None) -> Prepared:
+def prepare(
+    name: str, path: str, size: ParticleSize, pixel_size: float | None = None, normalisation: str = DEFAULT_NORMALISATION
+) -> Prepared:
     """Read and preprocess one micrograph. ``pixel_size`` (from the STAR or the user) wins over the
-    MRC header. Raises :class:`MicrographError` for any problem with this micrograph."""
+    MRC header; ``normalisation`` must be the scoring model's (``model.normalisation``). Raises
+    :class:`MicrographError` for any problem with this micrograph."""
     start = time.perf_counter()
     mic = read_micrograph(path)
     px = pixel_size if pixel_size is not None and not math.isnan(pixel_size) else mic.pixel_size
@@ -139,7 +142,7 @@ def prepare(name: str, path: str, size: ParticleSize, pixel_size: float | None =
             path,
         )
     try:
-        pre = preprocess(mic.data, box)
+        pre = preprocess(mic.data, box, normalisation)
     except ValueError as err:
         raise MicrographError(str(err), path) from None
     return Prepared(name, mic, pre, box, px, time.perf_counter() - start)
@@ -184,20 +187,22 @@ def pick_micrograph(
     keep_maps: bool = False,
 ) -> MicrographResult:
     """Read, preprocess, score and pick one micrograph file."""
-    return pick_prepared(prepare(path, path, size, pixel_size), model, params, device, keep_maps=keep_maps)
+    prep = prepare(path, path, size, pixel_size, model.normalisation)
+    return pick_prepared(prep, model, params, device, keep_maps=keep_maps)
 
 
 def prefetch(
-    micrographs: pd.DataFrame, size: ParticleSize, ahead: int = 2
+    micrographs: pd.DataFrame, size: ParticleSize, ahead: int = 2, normalisation: str = DEFAULT_NORMALISATION
 ) -> Iterator[tuple[pd.Series, Prepared | DeepPickerError]]:
     """Yield (row, Prepared or the error) for each row of a micrograph list, reading up to
-    ``ahead`` micrographs in a background thread while the caller scores the current one."""
+    ``ahead`` micrographs in a background thread while the caller scores the current one.
+    ``normalisation``: the model's (:func:`prepare`)."""
     rows = [row for _, row in micrographs.iterrows()]
     if not rows:
         return
 
     def load(row: pd.Series) -> Prepared:
-        return prepare(row["name"], row["path"], size, row.get("pixel_size"))
+        return prepare(row["name"], row["path"], size, row.get("pixel_size"), normalisation)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: list[tuple[pd.Series, Future]] = []

@@ -38,7 +38,7 @@ def self_train(
     if len(micrographs) > max_micrographs:
         subset = micrographs.iloc[np.sort(rng.choice(len(micrographs), max_micrographs, replace=False))]
     sets = []
-    for row, prepared in prefetch(subset, size):
+    for row, prepared in prefetch(subset, size, normalisation=model.normalisation):
         if isinstance(prepared, DeepPickerError):
             log.warning("self-training skips %s", prepared)
             continue

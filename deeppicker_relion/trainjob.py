@@ -15,6 +15,7 @@ from .io.coords import read_coordinates
 from .model import DeepPickerNet, save_model
 from .pickjob import Aborted
 from .pipeline import ParticleSize, prefetch
+from .preprocess import DEFAULT_NORMALISATION
 from .training import History, TrainingSet, TrainParams, make_training_set, train
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ def build_training_set(
     size: ParticleSize,
     params: TrainParams,
     should_abort: Callable[[], bool] | None = None,
+    normalisation: str = DEFAULT_NORMALISATION,
 ) -> tuple[TrainingSet, list[float]]:
     """Patches from every micrograph that has a coordinate file; returns (set, box sizes in px).
+    ``normalisation``: the trained model's (preprocess.normalise).
 
     Micrographs without coordinates are left out (a ManualPick job rarely covers them all).
     ``should_abort`` is polled between micrographs (raises :class:`~.pickjob.Aborted`).
@@ -37,7 +40,7 @@ def build_training_set(
     if use.empty:
         raise JobError("no coordinate file matches any micrograph (check the names and the --coords argument)")
     sets, boxes = [], []
-    for row, prepared in prefetch(use, size):
+    for row, prepared in prefetch(use, size, normalisation=normalisation):
         _check_abort(should_abort)
         if isinstance(prepared, DeepPickerError):
             log.warning("skipped for training: %s", prepared)
@@ -71,7 +74,9 @@ def train_from_files(
     ``should_abort`` is polled between micrographs and before each epoch (raises
     :class:`~.pickjob.Aborted`; nothing is saved then).
     """
-    data, boxes = build_training_set(micrographs, coordinates, size, params, should_abort)
+    # a fine-tuned model keeps the normalisation it was made with; a new one gets the default
+    normalisation = init.normalisation if init is not None else DEFAULT_NORMALISATION
+    data, boxes = build_training_set(micrographs, coordinates, size, params, should_abort, normalisation)
     n_pos = int(data.labels.sum())
     log.info("training on %d particle and %d background patches from %d micrographs", n_pos, len(data) - n_pos, len(boxes))
     try:

@@ -13,7 +13,7 @@ from deeppicker_relion.errors import JobError
 from deeppicker_relion.evaluate import evaluate, match, topn_curve
 from deeppicker_relion.model import DeepPickerNet, build_model, load_model, save_model
 from deeppicker_relion.picking import PickParams, clean_ice, dark_regions, find_candidates, select, select_picks
-from deeppicker_relion.preprocess import INPUT_SIZE, Preprocessed, preprocess
+from deeppicker_relion.preprocess import DEFAULT_NORMALISATION, INPUT_SIZE, NORMALISATIONS, Preprocessed, normalise, preprocess
 from deeppicker_relion.scoring import ScoreMap, score_map_dense, score_map_patches
 
 
@@ -53,6 +53,96 @@ def test_preprocess_normalises_and_ignores_offset_and_scale() -> None:
     b = preprocess(1000 + 37 * image, 40).image
     assert abs(np.median(a)) < 0.05 and 0.8 < 1.4826 * np.median(np.abs(a)) < 1.2
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_local_normalisation_scales_each_region_by_its_own_noise() -> None:
+    """A micrograph one third carbon (darker, 1.5 x noisier): normalised locally, the ice's noise
+    and the carbon's are each ~1 away from the boundary, while the whole micrograph's spread counts
+    the step and the carbon as noise and shrinks the ice's contrast. A flat (padded) border is not
+    blown up."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=(1024, 1200)).astype(np.float32)
+    image = noise.copy()
+    image[:, :400] = 1.5 * image[:, :400] - 3.0  # carbon
+    local, whole = normalise(image, "local"), normalise(image, "global")
+    ice, carbon = np.s_[:, 700:], np.s_[:, :150]
+    assert np.std(local[ice]) == pytest.approx(1.0, abs=0.05)
+    assert np.std(local[carbon]) == pytest.approx(1.0, abs=0.05)
+    assert np.std(whole[ice]) < 0.75  # the ice's particles would lose a quarter of their contrast
+    assert abs(np.median(local)) < 0.05
+    # the block-grid computation against a direct full-resolution one (scipy Gaussian filters)
+    detail = image - ndimage.gaussian_filter(image, 64, mode="reflect")
+    direct = np.sqrt(ndimage.gaussian_filter(detail * detail, 128, mode="reflect"))
+    from deeppicker_relion.preprocess import _upsample, local_spread
+    np.testing.assert_allclose(_upsample(local_spread(image), image.shape), direct, rtol=0.02)
+    # uniform noise: both agree; a flat border: floored at half the global spread, not divided by ~0
+    np.testing.assert_allclose(normalise(noise, "local"), normalise(noise, "global"), rtol=0.06, atol=0.06)
+    padded = noise.copy()
+    padded[:, :300] = 0.0
+    assert np.abs(normalise(padded, "local")[:, :300]).max() < 1e-3 + 2 * abs(float(np.median(noise)))
+    assert np.std(normalise(padded, "local")[:, 290:310]) < 2.5
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalise(noise, "tiles")
+
+
+def test_weights_record_their_normalisation(tmp_path: Path, random_model: DeepPickerNet) -> None:
+    """Weights say how micrographs are normalised for them (new ones: the default; weights without
+    the key: the global spread); fine-tuning keeps the initial model's; a bad value is refused."""
+    from deeppicker_relion.training import TrainingSet, TrainParams, train
+
+    assert build_model().normalisation == DEFAULT_NORMALISATION
+    save_model(random_model, tmp_path / "new.safetensors")
+    assert load_model(tmp_path / "new.safetensors")[0].normalisation == DEFAULT_NORMALISATION
+    other = next(n for n in NORMALISATIONS if n != DEFAULT_NORMALISATION)
+    model = load_model(tmp_path / "new.safetensors")[0]
+    model.normalisation = other
+    save_model(model, tmp_path / "other.safetensors")
+    loaded, info = load_model(tmp_path / "other.safetensors")
+    assert loaded.normalisation == info["normalisation"] == other
+    rng = np.random.default_rng(0)
+    data = TrainingSet(rng.normal(size=(36, 1, INPUT_SIZE, INPUT_SIZE)).astype(np.float32), np.arange(36) % 2)
+    tuned, _ = train(data, TrainParams(max_epochs=1, batch_size=16), init=loaded)
+    assert tuned.normalisation == other
+    torch.save(random_model.state_dict(), tmp_path / "plain.pt")  # a plain state_dict: no metadata
+    assert load_model(tmp_path / "plain.pt")[0].normalisation == "global"
+    save_model(random_model, tmp_path / "bad.safetensors", {"note": "x"})
+    _rewrite_info(tmp_path / "bad.safetensors", normalisation="tiles")
+    with pytest.raises(JobError, match=r"bad\.safetensors.*normalisation"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+def _rewrite_info(path: Path, **changes) -> None:
+    """Edit a safetensors file's JSON metadata in place (save_model always writes the model's own
+    normalisation, so a bad one has to be written by hand)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    meta["info"] = json.dumps(json.loads(meta["info"]) | changes)
+    save_file(state, str(path), metadata=meta)
+
+
+def test_picking_normalises_as_the_model_was_trained(tmp_path: Path, random_model: DeepPickerNet) -> None:
+    """The pick and train paths preprocess with the model's normalisation, not the default."""
+    from deeppicker_relion.io.mrc import write_mrc
+    from deeppicker_relion.pipeline import ParticleSize, prefetch
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(600, 640)).astype(np.float32)
+    image[:, :200] -= 3.0
+    path = tmp_path / "m.mrc"
+    write_mrc(path, image, pixel_size=1.0)
+    mics = pd.DataFrame({"name": ["m"], "path": [str(path)]})
+    for norm in NORMALISATIONS:
+        (_, prepared), = list(prefetch(mics, ParticleSize(box_px=40.0), normalisation=norm))
+        np.testing.assert_array_equal(prepared.pre.image, preprocess(image, 40.0, norm).image)
+    assert not np.allclose(preprocess(image, 40.0, "local").image, preprocess(image, 40.0, "global").image)
 
 
 def test_preprocess_refuses_micrograph_smaller_than_box() -> None:
@@ -275,7 +365,7 @@ def test_weights_round_trip(tmp_path: Path, random_model: DeepPickerNet) -> None
     model, info = load_model(path)
     x = torch.randn(2, 1, 64, 64)
     torch.testing.assert_close(model(x), random_model(x))
-    assert info == {"note": "test", "augment": 1}
+    assert info == {"note": "test", "augment": 1, "normalisation": DEFAULT_NORMALISATION}
     # a plain state_dict .pt is accepted too
     torch.save(random_model.state_dict(), tmp_path / "m.pt")
     torch.testing.assert_close(load_model(tmp_path / "m.pt")[0](x), random_model(x))

@@ -51,6 +51,8 @@ def test_shipped_weights_load_and_are_documented(general) -> None:
     own = info["calibration"]
     assert sorted(model.augment_calibration) == [1, 2, 4]
     assert model.augment_calibration[2] == pytest.approx((own["a"], own["b"] + own["offset"]))
+    # made before weights recorded their normalisation: micrographs normalised as then (globally)
+    assert "normalisation" not in info and model.normalisation == "global"
     assert (path.parent / "MODEL_CARD.md").is_file()
 
 
@@ -69,7 +71,7 @@ def test_folded_calibration_is_exact_on_every_scoring_path() -> None:
 
 
 def _picks(model, image, box) -> pd.DataFrame:
-    pre = preprocess(image, box)
+    pre = preprocess(image, box, model.normalisation)
     return select(find_candidates(score_map_dense(model, pre.image), pre, PickParams()), 0.5)
 
 
@@ -102,7 +104,7 @@ def test_picks_a_never_seen_molecule(general, unseen) -> None:
         images, refs = _simulated((volume, PIXEL), snr)
         cands = {}
         for k, im in images.items():
-            pre = preprocess(im, box)
+            pre = preprocess(im, box, model.normalisation)
             cands[k] = find_candidates(score_map_dense(model, pre.image), pre, PickParams(floor=0.01))
         return cands, refs
 

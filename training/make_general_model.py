@@ -374,6 +374,12 @@ class Recipe:
     # 0.712 for "deeppicker2016" (2026-11-24; MODEL_CARD.md, "Recipe")
     architecture: str = "deeppicker2016-wide"
     context: float = 1.0  # network window = context x particle diameter
+    # preprocess.normalise of the training patches (rounds 1 and 2) ...
+    train_normalisation: str = "global"
+    # ... and of the calibration and picking (the weights' "normalisation"). "local" for both was
+    # measured with the shipped network recalibrated (2026-11-24, MODEL_CARD.md "Normalisation"):
+    # validation F1 0.843 vs 0.836, but held out 0.66 picks per empty micrograph; not shipped.
+    normalisation: str = "global"
     n_map_train: int = 40  # training micrographs per shipped map (of MAP_SPLITS["train2"])
     n_synthetic_train: int = 480
     n_cage_train: int = 160
@@ -473,7 +479,7 @@ def micrograph_patches(
     mic = read_micrograph(row["path"])
     centres = read_centres(row["coords"]) if isinstance(row["coords"], str) and row["coords"] else np.zeros((0, 2))
     box, unit = _jittered_box(row, rng, recipe)
-    pre = preprocess(mic.data, box)
+    pre = preprocess(mic.data, box, recipe.train_normalisation)
     px, py = pre.to_resampled(centres[:, 0], centres[:, 1])
     positives = np.column_stack([px, py])
     inside = (px >= HALF) & (py >= HALF) & (px < pre.image.shape[1] - HALF) & (py < pre.image.shape[0] - HALF)
@@ -503,7 +509,7 @@ def hard_negatives(model: DeepPickerNet, row: pd.Series, rng: np.random.Generato
     mic = read_micrograph(row["path"])
     centres = read_centres(row["coords"])
     box, unit = _jittered_box(row, rng, recipe)
-    pre = preprocess(mic.data, box)
+    pre = preprocess(mic.data, box, recipe.train_normalisation)  # training data: as round 1's
     smap = score_map_dense(model, pre.image)
     cand = find_candidates(smap, pre, pick_params(recipe, floor=recipe.hard_negative_score, clean=False, outlier_fraction=1.0, dark_sigma=0.0))
     xr, yr = pre.to_resampled(cand["x"].to_numpy(float), cand["y"].to_numpy(float))
@@ -531,7 +537,7 @@ def candidate_margins(model: DeepPickerNet, index: pd.DataFrame, recipe: Recipe)
     n_ref = {}
     for _, row in index.iterrows():
         mic = read_micrograph(row["path"])
-        pre = preprocess(mic.data, recipe.context * float(row["diameter_px"]))
+        pre = preprocess(mic.data, recipe.context * float(row["diameter_px"]), model.normalisation)
         smap = score_map_dense(model, pre.image)
         # dark-region filter off, as when the shipped weights were calibrated (it came later)
         cand = find_candidates(smap, pre, pick_params(recipe, floor=1e-6, dark_sigma=0.0))
@@ -689,6 +695,7 @@ def make_model(
         model, hist2 = train(TrainingSet.concat([data, hard]), params2, init=model)
         log.info("round 2 done: best epoch %d of %d, val loss %.4f (%.0f s)", hist2.best_epoch + 1, len(hist2.val_loss),
                  hist2.val_loss[hist2.best_epoch], time.perf_counter() - t0)  # fmt: skip
+    model.normalisation = recipe.normalisation  # calibrated, shipped and picking with this one
     calibration, by_augment = calibrate_counts(model, val, recipe)  # for the scoring it ships with, and 1 / 4
     log.info("calibration %s (%.0f s)", calibration, time.perf_counter() - t0)
     maps = [] if holdout == "all" else [m for m in molecules() if m != holdout]
@@ -765,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         model, info = load_model(args.recalibrate)
         recipe = Recipe(**{k: v for k, v in info.get("recipe_params", {}).items() if k in {f.name for f in fields(Recipe)}})
         recipe = parse_overrides(args.set, base=recipe)  # the stored recipe, with --set changes
+        model.normalisation = recipe.normalisation  # calibrated (and then picks) with the recipe's
         previous = info.get("calibration", {})
         _, _, val = training_index(args.holdout, recipe)
         a, b, off = previous.get("a", 1.0), previous.get("b", 0.0), previous.get("offset", 0.0)

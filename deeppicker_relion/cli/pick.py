@@ -127,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
     if model.augment != model.calibrated_augment and model.calibrated_augment is not None:
         model_text += (f" (its calibration for x{model.augment})" if model.augment in model.augment_calibration
                        else f" (no calibration for x{model.augment} in the weights: scores calibrated for x{model.calibrated_augment})")
+    model_text += f", micrographs normalised by {model.normalisation!r} (preprocess.normalise)"
     log.info("%s", model_text)
     if args.self_train > 0:
         if len(devices) > 1:
