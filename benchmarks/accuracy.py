@@ -521,6 +521,7 @@ def semi_automated(init: DeepPickerNet | None, index: pd.DataFrame, n_picks: int
     from deeppicker_relion.training import TrainingSet, TrainParams, make_training_set, train
 
     rng = np.random.default_rng(seed)
+    norm = init.normalisation if init is not None else DEFAULT_NORMALISATION  # as the model will pick
     sets, total = [], 0
     for _, row in index.iterrows():
         if total >= n_picks:
@@ -528,7 +529,6 @@ def semi_automated(init: DeepPickerNet | None, index: pd.DataFrame, n_picks: int
         ref = read_coordinates(row["coords"])[["x", "y"]].to_numpy(float)
         ref = ref[: n_picks - total]
         total += len(ref)
-        norm = init.normalisation if init is not None else DEFAULT_NORMALISATION
         pre = preprocess(read_micrograph(row["path"]).data, float(row["diameter_px"]), norm)
         params = TrainParams(negative_ratio=3.0, near_miss_fraction=0.3, seed=seed)
         sets.append(make_training_set(pre, ref, rng, params))

@@ -120,10 +120,10 @@ def _upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def local_spread(image: np.ndarray) -> np.ndarray:
-    """Per-pixel RMS of ``image`` less its local mean (Gaussian, sigma LOCAL_MEAN_BOXES boxes) over
-    a Gaussian window of sigma LOCAL_SPREAD_BOXES boxes; computed on 8 x 8 px blocks (the local
-    mean taken as constant within a block) and interpolated back, so it costs a few passes over the
-    image."""
+    """RMS of ``image`` less its local mean (Gaussian, sigma LOCAL_MEAN_BOXES boxes) over a
+    Gaussian window of sigma LOCAL_SPREAD_BOXES boxes, on the grid of 8 x 8 px blocks (the local
+    mean taken as constant within a block; :func:`_upsample` brings it back to every pixel), so it
+    costs a few passes over the image."""
     mean = _block_means(image)
     mean_sq = _block_means(image * image)
     local_mean = ndimage.gaussian_filter(mean, LOCAL_MEAN_BOXES * INPUT_SIZE / _BLOCK, mode="reflect")
