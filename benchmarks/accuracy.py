@@ -395,9 +395,13 @@ def symmetry_offset(mean_patch: np.ndarray) -> tuple[float, float]:
     a = mean_patch - mean_patch.mean()
     b = a[::-1, ::-1]
     cc = np.fft.fftshift(np.real(np.fft.ifft2(np.fft.fft2(a) * np.conj(np.fft.fft2(b)))))
-    i, j = _peak(cc)
+    # the overlay shift is twice the offset; search offsets up to an eighth of the patch only (a
+    # ring-like mean, e.g. a barrel's top views, also overlays at shifts near the patch's period)
     centre = cc.shape[0] // 2
-    return (j - centre) / 2, (i - centre) / 2
+    reach = max(2, cc.shape[0] // 4)
+    sub = cc[centre - reach : centre + reach + 1, centre - reach : centre + reach + 1]
+    i, j = _peak(sub)
+    return (j - reach) / 2, (i - reach) / 2
 
 
 def radial_template(mean_patch: np.ndarray) -> np.ndarray:

@@ -51,8 +51,10 @@ def test_shipped_weights_load_and_are_documented(general) -> None:
     own = info["calibration"]
     assert sorted(model.augment_calibration) == [1, 2, 4]
     assert model.augment_calibration[2] == pytest.approx((own["a"], own["b"] + own["offset"]))
-    # made before weights recorded their normalisation: micrographs normalised as then (globally)
-    assert "normalisation" not in info and model.normalisation == "global"
+    # trained, calibrated and picking on locally normalised micrographs (each pixel by the spread
+    # around it), as the recipe records
+    assert info["normalisation"] == info["recipe_params"]["normalisation"] == model.normalisation == "local"
+    assert info["recipe_params"]["train_normalisation"] == "local"
     assert (path.parent / "MODEL_CARD.md").is_file()
 
 
