@@ -35,19 +35,30 @@ from .preprocess import INPUT_SIZE, Preprocessed
 from .scoring import ScoreMap
 
 
+# Micrograph area (in particle boxes, diameter squared) up to which ``min_confident`` candidates show
+# that a micrograph holds particles; a larger micrograph needs proportionally more, since an empty
+# one gathers stray candidates in proportion to its area. 200 is the median of the micrographs the
+# rule was chosen on (11-18 diameters on a side); a 4k micrograph of a small protein spans 1,000+.
+CONFIDENT_AREA = 200.0
+
+
 @dataclass
 class PickParams:
     """Picking parameters. Distances are fractions of the particle box; scores are 0..1."""
 
     threshold: float = 0.5
     max_picks: int | None = None
-    # two-level threshold: on a micrograph with at least ``min_confident`` picks >= ``threshold``
-    # (it holds particles), candidates down to ``low_threshold`` are kept too; micrographs with
-    # fewer (empty ice, carbon, contamination) keep only those >= ``threshold``. Off when
-    # low_threshold >= threshold. Measured: benchmarks/accuracy.py, MODEL_CARD.md.
-    low_threshold: float = 0.05
-    min_confident: int = 5
-    floor: float = 0.05
+    # two-level threshold: on a micrograph with at least ``min_confident`` candidates scoring
+    # ``confident_threshold`` or more (it holds particles; on micrographs larger than
+    # CONFIDENT_AREA particle boxes, proportionally more), candidates down to ``low_threshold`` are
+    # kept too; micrographs with fewer (empty ice, carbon, contamination) keep only those
+    # >= ``threshold``. Off when low_threshold >= threshold. The three values were chosen on
+    # random-molecule and empty selection micrographs (benchmarks/accuracy.py --only rule,
+    # MODEL_CARD.md): the best F1 with no empty micrograph switched to the low cut.
+    low_threshold: float = 0.01
+    min_confident: int = 8
+    confident_threshold: float = 0.25
+    floor: float = 0.01
     clean: bool = True
     clean_threshold: float = 0.5
     clean_factor: float = 4.0
@@ -59,6 +70,10 @@ class PickParams:
     # (benchmarks/accuracy.py, MODEL_CARD.md).
     dark_sigma: float = 4.0
     refine: bool = True
+
+    def __post_init__(self) -> None:
+        # every candidate the thresholds can keep must be found: the floor never lies above them
+        self.floor = min(self.floor, self.threshold, self.low_threshold)
 
 
 def _logit(p: float) -> float:
@@ -231,12 +246,36 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
         xr, yr, values = xr[ok], yr[ok], values[ok]
     x, y = pre.to_original(xr, yr)
     out = pd.DataFrame({"x": x, "y": y, "score": values})
-    return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    out = out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    out.attrs["area_boxes"] = float(pre.image.size) / INPUT_SIZE**2  # for select_picks
+    return out
 
 
-def select_picks(candidates: pd.DataFrame, params: PickParams) -> pd.DataFrame:
-    """:func:`select` with the thresholds of ``params`` (what every picking path uses)."""
-    return select(candidates, params.threshold, params.max_picks, params.low_threshold, params.min_confident)
+def area_in_boxes(shape: tuple[int, int], box_px: float) -> float | None:
+    """Area of a micrograph of ``shape`` (rows, columns) in particle boxes (``box_px`` squared);
+    None when either is unknown."""
+    if not (box_px and box_px > 0) or not (shape[0] > 0 and shape[1] > 0):
+        return None
+    return float(shape[0]) * float(shape[1]) / float(box_px) ** 2
+
+
+def select_picks(candidates: pd.DataFrame, params: PickParams, area_boxes: float | None = None) -> pd.DataFrame:
+    """:func:`select` with the thresholds of ``params`` (what every picking path uses).
+    ``area_boxes``: the micrograph's area in particle boxes (default: what :func:`find_candidates`
+    recorded in ``candidates.attrs``; unknown: the rule counts as for a small micrograph)."""
+    if area_boxes is None:
+        area_boxes = candidates.attrs.get("area_boxes")
+    return select(candidates, params.threshold, params.max_picks, params.low_threshold, params.min_confident,
+                  params.confident_threshold, area_boxes)
+
+
+def holds_particles(candidates: pd.DataFrame, confident_threshold: float, min_confident: int,
+                    area_boxes: float | None = None) -> bool:
+    """Whether a micrograph's candidates show it holds particles: at least ``min_confident`` of them
+    score ``confident_threshold`` or more (the first level of the two-level rule); on a micrograph
+    of more than CONFIDENT_AREA boxes, ``min_confident`` x area / CONFIDENT_AREA of them."""
+    needed = max(1, int(min_confident)) * max(1.0, (area_boxes or 0.0) / CONFIDENT_AREA)
+    return int((candidates["score"] >= confident_threshold).sum()) >= needed
 
 
 def select(
@@ -245,15 +284,19 @@ def select(
     max_picks: int | None = None,
     low_threshold: float | None = None,
     min_confident: int = 5,
+    confident_threshold: float | None = None,
+    area_boxes: float | None = None,
 ) -> pd.DataFrame:
     """Candidates at or above ``threshold``, best first, at most ``max_picks`` of them.
 
     With ``low_threshold`` (< ``threshold``): if at least ``min_confident`` candidates score
-    ``threshold`` or more (the micrograph holds particles), every candidate scoring
+    ``confident_threshold`` (default: ``threshold``) or more (:func:`holds_particles`, which scales
+    the count with ``area_boxes``), the micrograph holds particles and every candidate scoring
     ``low_threshold`` or more is kept instead."""
     cut = threshold
     if low_threshold is not None and low_threshold < threshold:
-        if int((candidates["score"] >= threshold).sum()) >= max(1, int(min_confident)):
+        level = threshold if confident_threshold is None else confident_threshold
+        if holds_particles(candidates, level, min_confident, area_boxes):
             cut = low_threshold
     picks = candidates[candidates["score"] >= cut].sort_values("score", ascending=False, kind="stable")
     if max_picks is not None and max_picks >= 0:

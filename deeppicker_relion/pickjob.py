@@ -31,10 +31,10 @@ from .errors import DeepPickerError, JobError, MicrographError
 from .io.coords import read_coordinates, write_coordinates
 from .io.atomic import remove_stale_temporaries
 from .io.micrographs import relative_output_stem
-from .io.mrc import read_shape
+from .io.mrc import read_header, read_shape
 from .io.star import read_coordinate_star, read_star, write_coordinate_star, write_star
 from .model import DeepPickerNet
-from .picking import PickParams, select_picks
+from .picking import PickParams, area_in_boxes, select_picks
 from .pipeline import MicrographResult, ParticleSize, check_particle_size, pick_prepared, prefetch
 
 log = logging.getLogger(__name__)
@@ -298,20 +298,37 @@ def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
     """Rewrite every micrograph's coordinate file from its saved candidates with the job's
     threshold and top-N, without scoring again. Micrographs without candidates are listed as failed."""
     rows, failed = [], []
-    for name in shard_rows(micrographs, job.shard)["name"]:
+    for _, mic in shard_rows(micrographs, job.shard).iterrows():
+        name = mic["name"]
         path = job.candidate_path(name)
         if not path.is_file():
             failed.append({"rlnMicrographName": name, "reason": f"{path}: no saved candidates (pick it first)"})
             rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
             continue
         candidates = read_coordinate_star(path)
-        picks = select_picks(candidates, job.params)
+        shape, box_px, pixel_size = _geometry(mic, job)
+        picks = select_picks(candidates, job.params, area_in_boxes(shape, box_px))
         box = job.size.box_px if job.size.box_px is not None else 0
         write_coordinates(job.coordinate_path(name), picks, job.fmt, box_px=int(round(box)) or 64)
-        rows.append(_row(name, "picked", len(picks), len(candidates), 0.0, math.nan))
+        rows.append(_row(name, "picked", len(picks), len(candidates), 0.0, box_px, shape, pixel_size))
     summary = JobSummary(pd.DataFrame(rows, columns=_COLUMNS), pd.DataFrame(failed, columns=["rlnMicrographName", "reason"]), [])
     write_star(job.summary_path, {"picking_summary": summary.table})
     return summary
+
+
+def _geometry(mic: pd.Series, job: PickJob) -> tuple[tuple[int, int], float, float | None]:
+    """(shape, box in pixels, pixel size) of a micrograph from its header, as picking saw it; a
+    zero shape and NaN box when the header cannot be read."""
+    try:
+        shape, header_px = read_header(mic["path"])
+    except DeepPickerError:
+        return (0, 0), math.nan, None
+    given = mic.get("pixel_size")
+    pixel_size = float(given) if given is not None and float(given) > 0 else header_px
+    try:
+        return shape, job.size.in_pixels(pixel_size, str(mic["path"])), pixel_size
+    except DeepPickerError:
+        return shape, math.nan, pixel_size
 
 
 def read_summary(path: Path) -> pd.DataFrame:

@@ -39,7 +39,7 @@ from .io.atomic import atomic_path, write_text_atomic
 from .io.coords import read_coordinates
 from .io.mrc import read_micrograph
 from .io.star import read_coordinate_star
-from .picking import select_picks
+from .picking import area_in_boxes, select_picks
 
 __all__ = ["write_pick_report", "add_evaluation_to_report", "write_logfile_pdf", "candidate_scores", "plot_topn_curve"]
 
@@ -189,7 +189,8 @@ def _panels(table: pd.DataFrame, job, micrographs: pd.DataFrame | None, n_shown:
                 box = job.size.in_pixels(given, path)
             picks = read_coordinates(job.coordinate_path(name))
             if picks["score"].isna().all() and len(picks):  # .box files hold no scores
-                picks = select_picks(read_coordinate_star(job.candidate_path(name)), job.params)
+                picks = select_picks(read_coordinate_star(job.candidate_path(name)), job.params,
+                                     area_in_boxes(mic.shape, box))
         except DeepPickerError:
             continue
         image = display_image(mic.data, box)

@@ -46,11 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
              help="particle diameter in Angstrom (required)")
     optional(parser, "--threshold", type=float, default=0.5, metavar="P",
              help="minimum score 0..1 (default 0.5); a new value on continue re-thresholds without re-scoring")
-    optional(parser, "--low_threshold", type=float, default=0.05, metavar="P",
-             help="on micrographs with at least min_confident picks >= threshold, also keep picks scoring "
-                  "this or more (default 0.05; >= threshold turns it off)")
-    optional(parser, "--min_confident", type=int, default=5, metavar="N",
-             help="picks >= threshold that show a micrograph holds particles (default 5)")
+    # the defaults of deeppicker_relion.picking.PickParams (not imported here: start-up time)
+    optional(parser, "--low_threshold", type=float, default=0.01, metavar="P",
+             help="on micrographs with at least min_confident candidates >= confident_threshold, also keep "
+                  "picks scoring this or more (default 0.01; >= threshold turns it off)")
+    optional(parser, "--min_confident", type=int, default=8, metavar="N",
+             help="candidates >= confident_threshold that show a micrograph holds particles (default 8; more on "
+                  "micrographs over 200 particle boxes in area, in proportion)")
+    optional(parser, "--confident_threshold", type=float, default=0.25, metavar="P",
+             help="score of the candidates min_confident counts, 0..1 (default 0.25)")
     optional(parser, "--max_picks", type=int, default=None, metavar="N",
              help="at most N picks per micrograph, best first (default: no limit; 0 = no limit)")
     optional(parser, "--augment", type=int, default=None, metavar="N",
@@ -97,8 +101,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
     if args.augment is not None and args.augment not in AUGMENTATIONS:
         raise JobError(f"augment must be one of {', '.join(map(str, AUGMENTATIONS))} (got {args.augment})")
-    if not (0.0 <= args.low_threshold <= 1.0):
-        raise JobError(f"low_threshold must lie between 0 and 1 (got {args.low_threshold})")
+    for key in ("low_threshold", "confident_threshold"):
+        if not (0.0 <= getattr(args, key) <= 1.0):
+            raise JobError(f"{key} must lie between 0 and 1 (got {getattr(args, key)})")
     check_dark_sigma(args.dark_sigma, "dark_sigma")
     if args.max_picks is not None and args.max_picks <= 0:
         args.max_picks = None
@@ -144,7 +149,8 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         outdir=job.outdir,
         size=ParticleSize(diameter_A=args.particle_diameter),
         params=PickParams(threshold=args.threshold, max_picks=args.max_picks, low_threshold=args.low_threshold,
-                          min_confident=args.min_confident, dark_sigma=args.dark_sigma),
+                          min_confident=args.min_confident, confident_threshold=args.confident_threshold,
+                          dark_sigma=args.dark_sigma),
         pickname=args.pickname,
         fmt="star",
         resume=True,
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         "threshold": args.threshold,
         "low_threshold": args.low_threshold,
         "min_confident": args.min_confident,
+        "confident_threshold": args.confident_threshold,
         "max_picks": args.max_picks,
         "augment": args.augment,
         "dark_sigma": args.dark_sigma,
@@ -194,7 +201,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
                     "continuing with a different one would mix both: run a new job instead",
                     settings_path,
                 )
-        keys = ("threshold", "low_threshold", "min_confident", "max_picks")
+        keys = ("threshold", "low_threshold", "min_confident", "confident_threshold", "max_picks")
         if any(previous.get(k, settings[k]) != settings[k] for k in keys):
             rethreshold(mics, pick)
             log.info("re-thresholded %d micrographs picked before from their saved candidates "

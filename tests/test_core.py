@@ -528,6 +528,86 @@ def test_select_two_level_threshold_only_on_micrographs_that_hold_particles() ->
     assert len(select_picks(busy, params)) == 7 and len(select_picks(empty, params)) == 1
 
 
+def test_two_level_rule_counts_candidates_at_the_confident_threshold() -> None:
+    """A low-SNR micrograph: no candidate reaches 0.5, but 7 reach 0.3, so it holds particles."""
+    weak = pd.DataFrame({"x": np.arange(10.0), "y": np.arange(10.0),
+                         "score": [0.45, 0.4, 0.38, 0.35, 0.33, 0.31, 0.3, 0.1, 0.03, 0.01]})
+    assert len(select(weak, 0.5, low_threshold=0.02, min_confident=7, confident_threshold=0.3)) == 9
+    assert len(select(weak, 0.5, low_threshold=0.02, min_confident=8, confident_threshold=0.3)) == 0
+    assert len(select(weak, 0.5, low_threshold=0.02, min_confident=7)) == 0  # counted at the threshold
+    assert len(select_picks(weak, PickParams(confident_threshold=0.3, min_confident=7, low_threshold=0.02))) == 9
+    sparse = weak.assign(score=[0.45, 0.4, 0.38, 0.35, 0.33, 0.31, 0.29, 0.1, 0.03, 0.01])
+    assert len(select_picks(sparse, PickParams(confident_threshold=0.3, min_confident=7, low_threshold=0.02))) == 0
+
+
+def test_two_level_rule_asks_more_of_larger_micrographs() -> None:
+    """An empty micrograph gathers stray candidates in proportion to its area: beyond CONFIDENT_AREA
+    boxes the count that shows particles grows with the area."""
+    from deeppicker_relion.picking import CONFIDENT_AREA, holds_particles
+
+    cand = pd.DataFrame({"x": np.arange(12.0), "y": np.arange(12.0), "score": np.full(12, 0.3)})
+    assert holds_particles(cand, 0.25, 8)
+    assert holds_particles(cand, 0.25, 8, area_boxes=CONFIDENT_AREA / 4)  # small: never fewer than 8
+    assert holds_particles(cand, 0.25, 8, area_boxes=1.5 * CONFIDENT_AREA)  # 12 >= 12
+    assert not holds_particles(cand, 0.25, 8, area_boxes=1.6 * CONFIDENT_AREA)  # 12 < 12.8
+    params = PickParams(confident_threshold=0.25, min_confident=8, low_threshold=0.01)
+    weak = cand.assign(score=[0.3] * 8 + [0.05] * 4)
+    assert len(select_picks(weak, params)) == 12
+    weak.attrs["area_boxes"] = 2 * CONFIDENT_AREA  # recorded by find_candidates
+    assert len(select_picks(weak, params)) == 0
+    assert len(select_picks(weak, params, area_boxes=CONFIDENT_AREA)) == 12  # given explicitly
+
+
+def test_find_candidates_records_the_area_in_boxes() -> None:
+    pre = _pre((40, 56), scale=0.5)
+    cand = find_candidates(_map_with_peaks([(20, 20, 3.0)], (40, 56)), pre, PickParams(outlier_fraction=1.0, dark_sigma=0.0))
+    assert len(cand) == 1 and cand.attrs["area_boxes"] == pytest.approx(pre.image.size / 64**2)
+
+
+def test_rethreshold_scales_the_rule_with_the_micrograph_area(tmp_path: Path) -> None:
+    """Re-thresholding reads each micrograph's area from its header: a 512 x 512 px micrograph with a
+    32 px box spans 256 boxes, so 8 confident candidates (enough on 200 boxes) are not enough."""
+    from deeppicker_relion.io.micrographs import micrograph_list
+    from deeppicker_relion.io.mrc import write_mrc
+    from deeppicker_relion.io.star import read_coordinate_star, write_coordinate_star
+    from deeppicker_relion.pickjob import PickJob, rethreshold
+    from deeppicker_relion.pipeline import ParticleSize
+
+    mics = {}
+    for name, side in (("small", 400), ("large", 512)):  # 156 and 256 boxes
+        write_mrc(tmp_path / f"{name}.mrc", np.zeros((side, side), np.float32), 1.0)
+        mics[name] = tmp_path / f"{name}.mrc"
+    params = PickParams(threshold=0.5, confident_threshold=0.25, min_confident=8, low_threshold=0.01)
+    job = PickJob(outdir=tmp_path / "out", size=ParticleSize(box_px=32.0), params=params)
+    table = micrograph_list([str(p) for p in mics.values()])
+    cand = pd.DataFrame({"x": np.arange(12.0) * 30 + 20, "y": np.full(12, 100.0),
+                         "score": [0.6] + [0.3] * 8 + [0.05] * 3})
+    for name in table["name"]:
+        job.candidate_path(name).parent.mkdir(parents=True, exist_ok=True)
+        write_coordinate_star(job.candidate_path(name), cand)
+    rethreshold(table, job)
+    n = {Path(name).stem: len(read_coordinate_star(job.coordinate_path(name))) for name in table["name"]}
+    assert n == {"small": 12, "large": 1}  # 9 >= 8 confident on 156 boxes; 9 < 8 x 256 / 200 on 256
+
+
+def test_candidate_floor_never_lies_above_the_thresholds() -> None:
+    assert PickParams(low_threshold=0.01).floor == 0.01
+    assert PickParams(threshold=0.005).floor == 0.005
+    d = PickParams()
+    assert d.floor <= min(d.low_threshold, d.threshold)
+
+
+def test_relion_job_and_cli_default_to_the_same_rule() -> None:
+    from deeppicker_relion.cli.main import build_parser
+    from relion_external.pick import build_parser as relion_parser
+
+    d = PickParams()
+    relion = relion_parser().parse_args(["--o", "x", "--in_mics", "m.star"])
+    cli = build_parser("pick").parse_args(["pick", "m.mrc", "--box", "64", "-o", "x"])
+    for key in ("threshold", "low_threshold", "min_confident", "confident_threshold"):
+        assert getattr(relion, key) == getattr(cli, key) == getattr(d, key), key
+
+
 # --- evaluation ---------------------------------------------------------------------------------
 
 

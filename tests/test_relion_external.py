@@ -341,6 +341,24 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
     assert len(err.strip().splitlines()) == 1 and "dark_sigma setting" in err and "new job" in err
 
 
+def test_rethresholding_writes_what_a_fresh_job_picks(project: Path, shipped: Path, capsys) -> None:
+    """Continuing with new thresholds re-applies the two-level rule to the saved candidates exactly as
+    picking does (the rule's count scales with the micrograph's area, read back from its header)."""
+    rule = ("--threshold", "0.6", "--min_confident", "3", "--confident_threshold", "0.2", "--low_threshold", "0.02")
+    for job, extra in (("External/job010/", rule + ("--threshold", "0.95")), ("External/job010/", rule),
+                       ("External/job011/", rule)):
+        code, out, err = run_main(pick_job, project, pick_args(job, *extra), capsys)
+        assert code == 0, err
+    again, fresh = coordinate_files(project / "External/job010"), coordinate_files(project / "External/job011")
+    assert again.keys() == fresh.keys() and len(fresh) == 4
+    counts = []
+    for stem in fresh:
+        a, b = read_coordinate_star(again[stem]), read_coordinate_star(fresh[stem])
+        np.testing.assert_allclose(a[["x", "y", "score"]].to_numpy(), b[["x", "y", "score"]].to_numpy(), atol=1e-3)
+        counts.append(len(b))
+    assert sum(counts) > 0
+
+
 def test_bad_micrograph_is_skipped_and_the_job_succeeds(project: Path, shipped: Path, capsys) -> None:
     bad = project / "Micrographs" / "sim_0002.mrc"
     bad.unlink()

@@ -115,11 +115,14 @@ CALIBRATED_AUGMENTS = (1, 2, 4)
 # figures stay comparable); "train2"/"val2" are the training and validation data of this recipe.
 # (number of micrographs, number of extra EMPTY micrographs, SNR mode); training micrographs are
 # in addition empty with probability 0.08.
-MAP_SPLITS = {"test": (10, 20, "wide"), "train2": (40, 0, "realistic"), "val2": (8, 12, "realistic")}
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "train2": 3, "val2": 4}  # seeds; 0-1: first recipe
+# "rule" selects the two-level threshold rule of picking (PickParams: confident_threshold,
+# min_confident, low_threshold; benchmarks/accuracy.py --only rule): random molecules over the
+# wide SNR range of the test sets, and EMPTY micrographs only of the maps (no particle of them).
+MAP_SPLITS = {"test": (10, 20, "wide"), "train2": (40, 0, "realistic"), "val2": (8, 12, "realistic"), "rule": (0, 36, "wide")}
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "train2": 3, "val2": 4, "rule": 5}  # seeds; 0-1: first recipe
 SYNTHETIC = "synthetic"  # random protein-like molecules (simulate.synthetic_molecule), one per micrograph
 CAGES = "cages"  # random hollow particles (random_cage / random_shell), one per micrograph
-FAMILY_SPLITS = {SYNTHETIC: {"train2": 480, "val2": 32}, CAGES: {"train2": 160, "val2": 12}}
+FAMILY_SPLITS = {SYNTHETIC: {"train2": 480, "val2": 32, "rule": 288}, CAGES: {"train2": 160, "val2": 12, "rule": 96}}
 FAMILY_IDS = {SYNTHETIC: 99, CAGES: 97}
 TRAIN, VAL = "train2", "val2"
 
@@ -299,7 +302,7 @@ def _simulate_job(molecule: str, split: str, kind: str, i: int, forced_empty: bo
         volume = load_map(molecule)
     diameter_A = estimate_diameter_A(*volume)
     empty = forced_empty or (split.startswith("train") and rng.uniform() < 0.08)
-    snr_mode = "wide" if (split == "test" or split in ("train", "val")) else "realistic"
+    snr_mode = "wide" if split in ("test", "rule", "train", "val") else "realistic"
     cond = draw_conditions(rng, diameter_A, empty, snr_mode)
     start = time.perf_counter()
     sim = simulate_micrograph_parts(

@@ -32,7 +32,7 @@ from ..model import AUGMENTATIONS, default_weights_path, load_model
 from ..parallel import default_threads, parse_devices, pick_in_processes
 from ..pickjob import ABORT_FILE, Aborted, JobSummary, PickJob, abort_file_poller, parse_shard, prepare_output_dir
 from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
-from ..picking import PickParams, check_dark_sigma
+from ..picking import CONFIDENT_AREA, PickParams, check_dark_sigma
 from ..pipeline import check_particle_size
 from ..selftrain import self_train
 from ..training import TrainParams
@@ -48,11 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="model file (default: the shipped general model)")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score, 0..1 (default 0.5)")
     parser.add_argument("--max-picks", type=int, default=None, help="at most this many picks per micrograph, best first")
-    parser.add_argument("--low-threshold", type=float, default=0.05,
-                        help="on micrographs with at least --min-confident picks >= --threshold, also keep picks "
-                             "scoring this or more (default 0.05; >= --threshold turns it off)")
-    parser.add_argument("--min-confident", type=int, default=5,
-                        help="picks >= --threshold that show a micrograph holds particles (default 5)")
+    d = PickParams()
+    parser.add_argument("--low-threshold", type=float, default=d.low_threshold,
+                        help="on micrographs with at least --min-confident candidates >= --confident-threshold, also "
+                             f"keep picks scoring this or more (default {d.low_threshold:g}; >= --threshold turns it off)")
+    parser.add_argument("--min-confident", type=int, default=d.min_confident,
+                        help="candidates >= --confident-threshold that show a micrograph holds particles "
+                             f"(default {d.min_confident}; more on micrographs over {CONFIDENT_AREA:g} particle boxes in area, "
+                             "in proportion)")
+    parser.add_argument("--confident-threshold", type=float, default=d.confident_threshold,
+                        help=f"score of the candidates --min-confident counts, 0..1 (default {d.confident_threshold:g})")
     parser.add_argument("--augment", type=int, choices=list(AUGMENTATIONS), default=None,
                         help="score each window as the mean over 1, 2 (and its half turn), 4 (rotations) or 8 "
                              "(and mirror images) symmetric copies (default: what the model was calibrated with; "
@@ -98,7 +103,8 @@ def main(args: argparse.Namespace) -> int:
     size = particle_size(args)
     check_dark_sigma(args.dark_sigma, "--dark-sigma")
     params = PickParams(threshold=args.threshold, max_picks=args.max_picks, clean=not args.no_clean,
-                        low_threshold=args.low_threshold, min_confident=args.min_confident, dark_sigma=args.dark_sigma)
+                        low_threshold=args.low_threshold, min_confident=args.min_confident,
+                        confident_threshold=args.confident_threshold, dark_sigma=args.dark_sigma)
     mics = micrograph_list(args.micrographs, args.angpix)
     job = PickJob(
         outdir=args.output,
@@ -161,7 +167,7 @@ def _settings(args: argparse.Namespace) -> dict:
     size = {"particle_diameter": args.diameter} if args.diameter is not None else {"box_px": args.box}
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
             "low_threshold": args.low_threshold, "min_confident": args.min_confident,
-            "max_picks": args.max_picks, "augment": args.augment, "dark_sigma": args.dark_sigma,
+            "confident_threshold": args.confident_threshold, "max_picks": args.max_picks, "augment": args.augment, "dark_sigma": args.dark_sigma,
             "micrographs": list(args.micrographs)}
 
 
