@@ -92,10 +92,16 @@ def apoferritin(box_px: float = APOFERRITIN_DIAMETER_PX) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+AUGMENT: int | None = None  # --augment: test-time copies for every model (None: each model's own)
+
+
 def load_model(path):
-    """(model, metadata); the model carries its window/diameter ratio (``context``) from the metadata."""
+    """(model, metadata); the model carries its window/diameter ratio (``context``) from the metadata,
+    and scores with ``--augment`` copies when given (with the weights' calibration for that count)."""
     model, info = _load_model(path)
     model.context = float(info.get("context", 1.0))
+    if AUGMENT is not None:
+        model.augment = AUGMENT
     return model, info
 
 
@@ -737,7 +743,7 @@ SECTIONS = ("rule", "lomo", "shipped", "empty", "contamination", "centres", "dia
 
 
 def main(argv: list[str] | None = None) -> int:
-    global LOMO_DIR, WEIGHTS, SINGLE_MODEL
+    global LOMO_DIR, WEIGHTS, SINGLE_MODEL, AUGMENT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--no-train", action="store_true", help="do not train missing fold models")
@@ -748,10 +754,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-model", type=Path, default=None,
                         help="pick every held-out set with this one model (trained on none of them, e.g. "
                              "make_general_model.py --holdout all): a quick proxy of the LOMO table")
+    parser.add_argument("--augment", type=int, choices=[1, 2, 4, 8], default=None,
+                        help="test-time copies for every model (default: each model's own; the shipped: 2)")
     parser.add_argument("--results", type=Path, default=CACHE / "accuracy.json")
     parser.add_argument("-j", "--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    LOMO_DIR, WEIGHTS, SINGLE_MODEL = args.lomo_dir, args.weights, args.single_model
+    LOMO_DIR, WEIGHTS, SINGLE_MODEL, AUGMENT = args.lomo_dir, args.weights, args.single_model, args.augment
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     if args.topaz_only:
