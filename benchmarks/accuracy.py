@@ -726,8 +726,10 @@ def section_rule(results: dict) -> None:
           f"{len(table)} rules, {len(safe)} switch no empty micrograph\n")
     print("| rule (confident threshold, count, low threshold) | precision | recall | F1 | empty switched | picks / empty |")
     print("|---|---|---|---|---|---|")
-    named = [("before (0.5, 5, 0.05), count not scaled", before), (f"defaults ({d.confident_threshold:g}, {d.min_confident}, {d.low_threshold:g})", current)]
-    named += [(f"({r.confident_threshold:g}, {r.min_confident}, {r.low_threshold:g})", r._asdict()) for r in safe.head(8).itertuples()]
+    fmt_rule = "({:g}, {}, {:g})".format
+    named = [("before (0.5, 5, 0.05), count not scaled", before),
+             ("defaults " + fmt_rule(d.confident_threshold, d.min_confident, d.low_threshold), current)]
+    named += [(fmt_rule(r.confident_threshold, r.min_confident, r.low_threshold), r._asdict()) for r in safe.head(8).itertuples()]
     for label, m in named:
         print(f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['empty_switched']} | {m['empty_picks']:.2f} |")
     best = safe.iloc[0]

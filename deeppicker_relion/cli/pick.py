@@ -167,8 +167,8 @@ def _settings(args: argparse.Namespace) -> dict:
     size = {"particle_diameter": args.diameter} if args.diameter is not None else {"box_px": args.box}
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
             "low_threshold": args.low_threshold, "min_confident": args.min_confident,
-            "confident_threshold": args.confident_threshold, "max_picks": args.max_picks, "augment": args.augment, "dark_sigma": args.dark_sigma,
-            "micrographs": list(args.micrographs)}
+            "confident_threshold": args.confident_threshold, "max_picks": args.max_picks, "augment": args.augment,
+            "dark_sigma": args.dark_sigma, "micrographs": list(args.micrographs)}
 
 
 def _pick(args: argparse.Namespace, mics, model, job: PickJob, devices: list[str]) -> JobSummary:
