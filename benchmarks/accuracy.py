@@ -1,9 +1,9 @@
 """Accuracy benchmark of the general model: leave-one-molecule-out, real micrographs, noise guard,
-contamination, self-training / semi-automated training, and Topaz side by side. Prints figures
+contamination, the size check, self-training / semi-automated training, and Topaz side by side. Prints figures
 (markdown tables); not a timed test.
 
     python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
-    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, shipped, empty, contamination, centres, diameter, finetune, topaz
+    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, shipped, empty, contamination, centres, diameter, sizecheck, finetune, topaz
     python benchmarks/accuracy.py --no-train       # use only fold models that exist
 
 Held-out sets (never used to train or calibrate the model that picks them):
@@ -50,6 +50,7 @@ from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet  # noqa: E402
 from deeppicker_relion.model import load_model as _load_model  # noqa: E402
 from deeppicker_relion.picking import PickParams, find_candidates, holds_particles, select, select_picks  # noqa: E402
+from deeppicker_relion.pipeline import ParticleSize  # noqa: E402
 from deeppicker_relion.preprocess import DEFAULT_NORMALISATION, preprocess  # noqa: E402
 from deeppicker_relion.scoring import score_map_dense  # noqa: E402
 
@@ -741,7 +742,79 @@ def section_rule(results: dict) -> None:
                            top=safe.head(8).to_dict("records"))
 
 
-SECTIONS = ("rule", "lomo", "shipped", "empty", "contamination", "centres", "diameter", "finetune", "topaz")
+SIZE_FACTORS = (0.73, 1.0, 1.5, 2.0)  # given diameter / the particle's (0.73: apoferritin's 57 px ring)
+SIZE_SELECTION_STRIDE = 6  # every 6th selection micrograph (each is checked 4 x; ~1-4 s a check)
+
+
+def _size_job(index: pd.DataFrame, factor: float) -> tuple[pd.DataFrame, ParticleSize]:
+    """A pick job's micrograph list and size for a set given ``factor`` x its diameter: a diameter in
+    Angstrom where the set has pixel sizes (simulated sets mix several), else a box in pixels."""
+    if "pixel_size_A" in index.columns and index["pixel_size_A"].notna().all():
+        diameter = float((index["diameter_px"] * index["pixel_size_A"]).median())
+        return index.assign(pixel_size=index["pixel_size_A"]), ParticleSize(diameter_A=diameter * factor)
+    return index, ParticleSize(box_px=float(index["diameter_px"].iloc[0]) * factor)
+
+
+def section_sizecheck(results: dict) -> None:
+    """The size check (deeppicker_relion/sizecheck.py, on by default): (1) on selection micrographs
+    (the rule split: random molecules and cages, and empty micrographs; one micrograph per check,
+    a harder case than a job's three), how often it moves a right diameter, moves an empty
+    micrograph, or brings a wrong one back within x 0.8-1.25; (2) on every held-out set, checked as
+    a job (its first, middle and last micrograph) given its diameter x SIZE_FACTORS: the factor
+    found, and F1 at the defaults picking at the given and at the found size."""
+    from deeppicker_relion.sizecheck import check_size
+
+    model = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
+    print("\n## Size check\n")
+    rule = pd.concat([recipe.simulate_split(m, "rule") for m in [recipe.SYNTHETIC, recipe.CAGES] + recipe.molecules()],
+                     ignore_index=True)
+    part = rule[~rule["empty"].astype(bool)].iloc[::SIZE_SELECTION_STRIDE]
+    empty = rule[rule["empty"].astype(bool)].iloc[::SIZE_SELECTION_STRIDE]
+    print(f"Selection micrographs, each checked alone: {len(part)} with particles, {len(empty)} empty. Size found "
+          "vs the particle's: closer (within x 0.8-1.25 of it), closer (still outside), the same, further\n")
+    print("| given diameter x | closer, within x 0.8-1.25 | closer, outside | unchanged | further | empty micrographs moved |")
+    print("|---|---|---|---|---|---|")
+    out = results.setdefault("sizecheck", {"selection": {}, "held_out": {}})
+
+    def found_factor(rows: pd.DataFrame, f: float) -> float:
+        mics, size = _size_job(rows, f)
+        return f * check_size(mics, model, size).factor
+
+    for f in SIZE_FACTORS:
+        found = [found_factor(part.iloc[[i]], f) for i in range(len(part))]
+        off = [abs(np.log(g)) - abs(np.log(f)) for g in found]
+        within = sum(1 for g, d in zip(found, off) if d < -1e-9 and 0.8 <= g <= 1.25)
+        closer = sum(1 for d in off if d < -1e-9) - within
+        same = sum(1 for g in found if abs(g - f) < 1e-9)
+        further = len(found) - within - closer - same
+        moved_empty = sum(1 for i in range(len(empty)) if found_factor(empty.iloc[[i]], f) != f)
+        out["selection"][f"{f:g}"] = dict(found=found, within=within, closer=closer, same=same, further=further,
+                                          moved_empty=moved_empty, n_empty=len(empty))
+        print(f"| {f:g} | {within} | {closer} | {same} | {further} | {moved_empty} / {len(empty)} |", flush=True)
+    sets = {mol: sim_test(mol) for mol in recipe.molecules()}
+    sets["ribosome"] = ribosome()
+    sets["apoferritin"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
+    sets["apoferritin, Topaz's 6"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX).iloc[:6]
+    print("\nHeld-out sets, checked as a job: size found (x the particle's diameter); F1 at the defaults at the "
+          "given size -> at the size found\n")
+    print("| held-out set | " + " | ".join(f"given x {f:g}" for f in SIZE_FACTORS) + " |")
+    print("|---|" + "---|" * len(SIZE_FACTORS))
+    for name, idx in sets.items():
+        truth = idx if "eval_diameter_px" in idx.columns else idx.assign(eval_diameter_px=idx["diameter_px"])
+        cells = []
+        for f in SIZE_FACTORS:
+            mics, size = _size_job(truth, f)
+            factor = check_size(mics, model, size).factor
+            given = metrics(pick_candidates(model, truth.assign(diameter_px=truth["diameter_px"] * f))[0], truth)
+            after = given if factor == 1.0 else metrics(
+                pick_candidates(model, truth.assign(diameter_px=truth["diameter_px"] * f * factor))[0], truth)
+            out["held_out"].setdefault(name, {})[f"{f:g}"] = dict(found=f * factor, f1_given=given["f1"], f1_found=after["f1"])
+            cells.append(f"x {f * factor:.2f}: {given['f1']:.3f} -> {after['f1']:.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+SECTIONS = ("rule", "lomo", "shipped", "empty", "contamination", "centres", "diameter", "sizecheck", "finetune",
+            "topaz")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -788,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
             section_centres(results)
         elif section == "diameter":
             section_diameter(results)
+        elif section == "sizecheck":
+            section_sizecheck(results)
         elif section == "finetune":
             section_finetune(results, args.finetune_targets)
         elif section == "topaz":

@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -55,6 +54,11 @@ class ParticleSize:
         return float(self.diameter_A) / float(pixel_size)
 
 
+def sample_order(n: int) -> list[int]:
+    """Rows of an ``n``-micrograph list to sample, in order: first, middle, last, then the others."""
+    return list(dict.fromkeys([0, n // 2, n - 1, *range(n)])) if n > 0 else []
+
+
 def check_particle_size(micrographs: pd.DataFrame, size: ParticleSize, samples: int = 3) -> None:
     """Job-level checks of the particle size before any micrograph is picked, from the headers of
     up to ``samples`` readable micrographs (first, middle, last, then others): raises
@@ -65,7 +69,7 @@ def check_particle_size(micrographs: pd.DataFrame, size: ParticleSize, samples: 
     n = len(micrographs)
     if n == 0:
         return
-    order = list(dict.fromkeys([0, n // 2, n - 1, *range(n)]))
+    order = sample_order(n)
     seen: list[tuple[str, tuple[int, int], float | None]] = []
     for index in order[: max(samples, 1) + 7]:
         row = micrographs.iloc[index]

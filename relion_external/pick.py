@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--dark_sigma", type=float, default=4.0, metavar="K",
              help="drop candidates in or near dark regions over 2 boxes large (contamination, ice crystals) "
                   "darker than K robust SDs (default 4; 0 = off)")
+    optional(parser, "--size_check", default="warn", metavar="MODE",
+             help="before picking, score the first, middle and last micrograph at the given diameter and at x / / "
+                  "1.4 of it; where another size finds at least twice the confident candidates (a diameter much too "
+                  "large, or a hollow particle's inner ring): warn (default: log the size found, pick at the given "
+                  "diameter), adopt (pick at the size found) or off")
     optional(parser, "--gpu", default="", metavar="IDS",
              help="CUDA devices, e.g. 0, or 0,1 for one worker process per GPU; empty = CPU (default)")
     optional(parser, "--weights", default=None, metavar="FILE",
@@ -105,6 +110,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if not (0.0 <= getattr(args, key) <= 1.0):
             raise JobError(f"{key} must lie between 0 and 1 (got {getattr(args, key)})")
     check_dark_sigma(args.dark_sigma, "dark_sigma")
+    from deeppicker_relion.sizecheck import MODES
+
+    if args.size_check not in MODES:
+        raise JobError(f"size_check must be one of {', '.join(MODES)} (got {args.size_check!r})")
     if args.max_picks is not None and args.max_picks <= 0:
         args.max_picks = None
     name = str(args.pickname)
@@ -143,6 +152,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     from deeppicker_relion.report import write_pick_report
     from deeppicker_relion.picking import PickParams
     from deeppicker_relion.pipeline import ParticleSize, resolve_device
+    from deeppicker_relion.sizecheck import apply_size_check
 
     torch.set_num_threads(args.j)
     pick = PickJob(
@@ -169,6 +179,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
              weights, info.get("recipe", "no recipe recorded"), args.particle_diameter, args.threshold,
              args.max_picks or "no limit", device, args.j)
 
+    notes: list[str] = []
     # Continue: what were the micrographs already in this job directory picked with?
     tag = f".shard-{pick.shard[0]}-of-{pick.shard[1]}" if pick.shard else ""
     settings_path = job.outdir / f"{SETTINGS}{tag}.json"
@@ -184,6 +195,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         "max_picks": args.max_picks,
         "augment": args.augment,
         "dark_sigma": args.dark_sigma,
+        "size_check": args.size_check,
         "in_mics": str(args.in_mics),  # for deeppicker merge, which writes the node files of shards
         "relion_version": version,
     }
@@ -191,16 +203,25 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     mine = shard_rows(mics, pick.shard)
     n_done = int(mine["name"].map(pick.is_done).sum())
     if previous is not None and n_done:
-        for key, what, shown in (("particle_diameter", "particle diameter", "particle_diameter"),
-                                 ("weights_sha256", "weights", "weights"), ("augment", "augment setting", "augment"),
-                                 ("dark_sigma", "dark_sigma setting", "dark_sigma")):
-            # settings files written before dark_sigma existed: the filter was off
-            if previous.get(key, 0.0 if key == "dark_sigma" else None) != settings[key]:
+        # settings files written before dark_sigma / size_check existed: filter and check were off
+        before = {"dark_sigma": 0.0, "size_check": "off"}
+        for key, what in (("particle_diameter", "particle diameter"), ("weights_sha256", "weights"),
+                          ("augment", "augment setting"), ("dark_sigma", "dark_sigma setting"),
+                          ("size_check", "size_check setting")):
+            old = previous.get(key, before.get(key))
+            # warn and off both pick at the given diameter; only adopt may pick at another
+            differs = (old == "adopt") != (settings[key] == "adopt") if key == "size_check" else old != settings[key]
+            if differs:
+                shown = previous.get("weights") if key == "weights_sha256" else old
                 raise JobError(
-                    f"{n_done} micrographs of this job were picked with another {what} ({previous.get(shown)}); "
+                    f"{n_done} micrographs of this job were picked with another {what} ({shown}); "
                     "continuing with a different one would mix both: run a new job instead",
                     settings_path,
                 )
+    pick.size, size_note = apply_size_check(mics, model, pick.size, args.size_check, job.outdir, pick.params, device,
+                                            reuse=True)
+    notes += [size_note] if size_note else []
+    if previous is not None and n_done:
         keys = ("threshold", "low_threshold", "min_confident", "confident_threshold", "max_picks")
         if any(previous.get(k, settings[k]) != settings[k] for k in keys):
             rethreshold(mics, pick)
@@ -235,7 +256,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         return
     n_cs = write_cryosparc(table, pick, job.outdir / "particles.cs")
     report = write_pick_report(job.outdir, summary, pick, mics,
-                               notes=[f"model: {weights}", f"RELION {version} External job {args.o}"])
+                               notes=[f"model: {weights}", f"RELION {version} External job {args.o}", *notes])
     log.info("visual report: %s", report)
     job_dir = str(args.o)
     node = relion_nodes.write_coordinate_node(job_dir, picked, args.pickname, args.in_mics, version)

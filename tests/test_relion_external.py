@@ -339,6 +339,16 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
                                                            "--dark_sigma", "0"), capsys)  # fmt: skip
     assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
     assert len(err.strip().splitlines()) == 1 and "dark_sigma setting" in err and "new job" in err
+    # ... nor a size check that may pick at another size; 'off' picks at the given one, as 'warn' did
+    code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
+                                                           "--size_check", "adopt"), capsys)  # fmt: skip
+    assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
+    assert len(err.strip().splitlines()) == 1 and "size_check setting" in err and "new job" in err
+    code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
+                                                           "--size_check", "off"), capsys)  # fmt: skip
+    assert code == 0 and markers(job_dir) == [relion_job.SUCCESS], err
+    code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--size_check", "sometimes"), capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "size_check must be one of" in err
 
 
 def test_rethresholding_writes_what_a_fresh_job_picks(project: Path, shipped: Path, capsys) -> None:

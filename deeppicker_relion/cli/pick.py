@@ -35,6 +35,7 @@ from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
 from ..picking import CONFIDENT_AREA, PickParams, check_dark_sigma
 from ..pipeline import check_particle_size
 from ..selftrain import self_train
+from ..sizecheck import DEFAULT_MODE, MODES, apply_size_check, recorded_factor, scaled_size
 from ..training import TrainParams
 from .common import add_compute_arguments, add_micrograph_arguments, add_size_arguments, particle_size, setup
 
@@ -71,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop candidates in or near dark regions over 2 boxes large (contamination, ice crystals) "
                              "darker than K robust SDs at 0.5-2.5 box scales (default 4; 0 = off; applied when scoring, "
                              "not by --rethreshold)")
+    parser.add_argument("--size-check", choices=MODES, default=DEFAULT_MODE,
+                        help="before picking, score the first, middle and last micrograph at the given size and at "
+                             "x / / 1.4 of it; where another size finds at least twice the confident candidates "
+                             "(a diameter much too large, or a hollow particle's inner ring), warn: log the size "
+                             "found and pick at the given one (default); adopt: pick at the size found; off. "
+                             "Recorded in OUTDIR/size_check.json")
     parser.add_argument(
         "--self-train",
         type=int,
@@ -119,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
     prepare_output_dir(job.outdir)
     log.info("read %d micrographs from %s", len(mics), " ".join(args.micrographs))
     if args.rethreshold:
+        job.size = scaled_size(size, recorded_factor(job.outdir, size))  # as the picking run did
         summary = rethreshold(mics, job)
         log.info("re-thresholded %d micrographs at %.3f: %d particles", len(summary.table), args.threshold, summary.n_particles)
         _report(args, summary, job, mics, ["re-thresholded from the saved candidates (no re-scoring)"])
@@ -135,10 +143,14 @@ def main(args: argparse.Namespace) -> int:
                        else f" (no calibration for x{model.augment} in the weights: scores calibrated for x{model.calibrated_augment})")
     model_text += f", micrographs normalised by {model.normalisation!r} (preprocess.normalise)"
     log.info("%s", model_text)
+    job.size, size_note = apply_size_check(mics, model, size, args.size_check, job.outdir, params,
+                                           device if len(devices) == 1 else "cpu", reuse=job.resume)
+    if size_note:
+        model_text += f"; {size_note}"
     if args.self_train > 0:
         if len(devices) > 1:
             raise JobError("--self-train runs in one process: drop --processes and give one --gpu")
-        model, _ = self_train(mics, model, size, args.self_train, params, TrainParams(max_epochs=10), str(device))
+        model, _ = self_train(mics, model, job.size, args.self_train, params, TrainParams(max_epochs=10), str(device))
         job.resume = False
         model_text += f", self-trained on the top {args.self_train} picks of each micrograph"
     if job.shard is not None:
@@ -168,7 +180,7 @@ def _settings(args: argparse.Namespace) -> dict:
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
             "low_threshold": args.low_threshold, "min_confident": args.min_confident,
             "confident_threshold": args.confident_threshold, "max_picks": args.max_picks, "augment": args.augment,
-            "dark_sigma": args.dark_sigma, "micrographs": list(args.micrographs)}
+            "dark_sigma": args.dark_sigma, "size_check": args.size_check, "micrographs": list(args.micrographs)}
 
 
 def _pick(args: argparse.Namespace, mics, model, job: PickJob, devices: list[str]) -> JobSummary:

@@ -1,0 +1,233 @@
+"""Size check: does the model find the particles at the size the user gave?
+
+The network sees a window of exactly the given particle diameter. Blob-like particles are still
+found when the diameter is 20-30 % off, but a diameter much too large (say RELION's extraction box,
+1.5-2 x the particle) loses most picks, and a hollow particle given too small a diameter (the inner
+ring of apoferritin) loses all of them. Before picking, a few sample micrographs are scored at the
+given size and at the size x / / ``STEP``; the number of confident candidates (score >=
+``CHECK_SCORE``) is compared:
+
+- a size ``STEP`` x larger that yields at least ``GAIN`` x as many confident candidates wins;
+- else a size ``STEP`` x smaller wins on the same terms, provided the larger size does not also
+  yield more (beyond ``MIN_PER_MICROGRAPH`` per micrograph): a diameter that is already too small
+  breaks particles into fragments, which raises the count at any smaller size; only a size past
+  the particle's makes the count fall both ways;
+- the winner is checked the same way in the same direction, up to ``MAX_STEPS`` times.
+
+At least ``MIN_PER_MICROGRAPH`` confident candidates per sample micrograph are needed to move, so
+empty micrographs never move the size, and no box under ``MIN_BOX_PX`` is tried. The size found
+is a factor on the given one; coordinates stay in pixels of the original micrographs. Measured
+(``benchmarks/accuracy.py --only sizecheck``, MODEL_CARD.md "Size check"): it finds the size of
+held-out particles given 0.73 x (apoferritin's inner ring), 1.5 x or 2 x their diameter more
+often than not, but it also moves some right sizes of single random-molecule micrographs, so by
+default (``warn``) it only reports the size it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import DeepPickerError, JobError
+from .io.atomic import write_text_atomic
+from .io.mrc import Micrograph, read_micrograph
+from .model import DeepPickerNet
+from .picking import PickParams, find_candidates
+from .pipeline import ParticleSize, sample_order
+from .preprocess import box_scale, preprocess, resampled_shape
+from .scoring import score_map_dense
+
+log = logging.getLogger(__name__)
+
+MODES = ("adopt", "warn", "off")
+DEFAULT_MODE = "warn"  # adopt moved 6 of 64 right sizes on single selection micrographs (MODEL_CARD.md)
+CHECK_SCORE = 0.5  # a confident candidate
+STEP = 1.4  # sizes tried: given x STEP**k
+GAIN = 2.0  # a size must yield this many times the confident candidates to win
+MIN_PER_MICROGRAPH = 3  # ... and at least this many per sample micrograph
+MAX_STEPS = 3  # x 0.36 .. x 2.7 at most
+SAMPLES = 3  # micrographs: first, middle, last (then others, if unreadable)
+MIN_BOX_PX = 20.0  # smallest box tried (original pixels; the shipped model saw particles of 24-160 px): on
+# smaller boxes the upsampled noise of empty micrographs yields confident candidates
+MAX_RESAMPLED_PX = 4096 * 4096  # largest resampled micrograph tried
+RECORD = "size_check.json"
+
+
+@dataclass
+class SizeCheck:
+    """Outcome: ``factor`` on the given size (1.0: keep it); ``counts``: confident candidates on
+    the sample micrographs at each factor tried; ``samples``: their paths."""
+
+    factor: float
+    counts: dict[float, int] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
+
+    def describe(self, size: ParticleSize) -> str:
+        """One line for the log: what was tried and what it found."""
+        tried = ", ".join(f"x {f:.2f}: {n}" for f, n in sorted(self.counts.items()))
+        given = _describe_size(size)
+        if self.factor == 1.0:
+            verdict = f"the given {given} gives the most"
+        else:
+            verdict = f"{_describe_size(scaled_size(size, self.factor))} (given {given} x {self.factor:.2f}) gives the most"
+        return (f"size check on {len(self.samples)} micrographs, candidates scoring >= {CHECK_SCORE:g} at the given "
+                f"size x factor: {tried}; {verdict}")
+
+
+def _describe_size(size: ParticleSize) -> str:
+    return f"diameter {size.diameter_A:.4g} A" if size.diameter_A is not None else f"box {size.box_px:.4g} px"
+
+
+def scaled_size(size: ParticleSize, factor: float) -> ParticleSize:
+    """The same kind of size (diameter in Angstrom or box in pixels) times ``factor``."""
+    if size.diameter_A is not None:
+        return ParticleSize(diameter_A=size.diameter_A * factor)
+    return ParticleSize(box_px=float(size.box_px) * factor)
+
+
+def sample_micrographs(micrographs: pd.DataFrame, n: int = SAMPLES) -> list[tuple[Micrograph, float | None]]:
+    """Up to ``n`` readable micrographs of a list (first, middle, last, then the others in order)
+    with their pixel size (the list's ``pixel_size`` column wins over the header)."""
+    order = sample_order(len(micrographs))
+    out: list[tuple[Micrograph, float | None]] = []
+    for index in order:
+        if len(out) >= n:
+            break
+        row = micrographs.iloc[index]
+        try:
+            mic = read_micrograph(row["path"])
+        except DeepPickerError:
+            continue
+        given = row.get("pixel_size", math.nan)
+        given = float(given) if given is not None else math.nan
+        out.append((mic, given if math.isfinite(given) and given > 0 else mic.pixel_size))
+    return out
+
+
+def count_confident(model: DeepPickerNet, mic: Micrograph, box_px: float, params: PickParams = PickParams(),
+                    device: str | torch.device = "cpu") -> int:
+    """Candidates scoring >= CHECK_SCORE on one micrograph picked with a ``box_px`` box (pixels)."""
+    check = PickParams(threshold=CHECK_SCORE, low_threshold=CHECK_SCORE, floor=CHECK_SCORE, clean=params.clean, dark_sigma=params.dark_sigma,
+                       outlier_fraction=params.outlier_fraction, peak_window=params.peak_window)
+    pre = preprocess(mic.data, box_px, model.normalisation)
+    cands = find_candidates(score_map_dense(model, pre.image, device=device), pre, check)
+    return int((cands["score"] >= CHECK_SCORE).sum())
+
+
+def check_size(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSize,
+               params: PickParams = PickParams(), device: str | torch.device = "cpu",
+               samples: int = SAMPLES) -> SizeCheck:
+    """Search the particle size on up to ``samples`` micrographs of the list (module docstring);
+    returns factor 1.0 when no micrograph can be read or no size has a pixel size to work with."""
+    mics = sample_micrographs(micrographs, samples)
+    try:
+        boxes = [size.in_pixels(px) for _, px in mics]
+    except DeepPickerError:
+        return SizeCheck(1.0)
+    fits = [box <= min(m.shape) for (m, _), box in zip(mics, boxes)]
+    mics = [m for m, ok in zip(mics, fits) if ok]
+    boxes = [box for box, ok in zip(boxes, fits) if ok]
+    result = SizeCheck(1.0, samples=[m.path for m, _ in mics])
+    if not mics:
+        return result
+
+    def count(factor: float) -> int | None:
+        key = round(factor, 6)
+        if key not in result.counts:
+            total = 0
+            for (mic, _), box in zip(mics, boxes):
+                b = box * factor
+                out_of_range = b > min(mic.shape) / 2 or b < MIN_BOX_PX  # the given size is always scored
+                if key != 1.0 and (out_of_range or np.prod(resampled_shape(mic.shape, box_scale(b))) > MAX_RESAMPLED_PX):
+                    return None
+                total += count_confident(model, mic, b, params, device)
+            result.counts[key] = total
+        return result.counts[key]
+
+    need = MIN_PER_MICROGRAPH * len(mics)
+    factor, current, direction = 1.0, count(1.0), 0
+    for _ in range(MAX_STEPS):
+        up = count(factor * STEP)
+        if direction >= 0 and up is not None and up >= GAIN * current and up >= need:
+            factor, current, direction = factor * STEP, up, 1
+            continue
+        if direction <= 0:
+            down = count(factor / STEP)
+            if down is not None and down >= GAIN * current and down >= need and (up is None or up <= max(current, need)):
+                factor, current, direction = factor / STEP, down, -1
+                continue
+        break
+    result.factor = round(factor, 6)
+    return result
+
+
+def record_path(outdir: Path) -> Path:
+    return Path(outdir) / RECORD
+
+
+def write_record(outdir: Path, given: ParticleSize, check: SizeCheck, mode: str) -> None:
+    """``OUTDIR/size_check.json``: the given size, the factor picking used, what was measured
+    (``deeppicker pick --rethreshold`` reads the factor back)."""
+    used = check.factor if mode == "adopt" else 1.0
+    record = {"given": {"diameter_A": given.diameter_A, "box_px": given.box_px}, "mode": mode,
+              "factor_found": check.factor, "factor_used": used, "check_score": CHECK_SCORE,
+              "counts": {f"{f:g}": n for f, n in sorted(check.counts.items())}, "samples": check.samples}
+    write_text_atomic(record_path(outdir), json.dumps(record, indent=1) + "\n")
+
+
+def _read_record(outdir: Path, given: ParticleSize) -> dict | None:
+    """The record of a job in ``outdir`` if it was made for this given size."""
+    try:
+        record = json.loads(record_path(outdir).read_text())
+        same = record["given"] == {"diameter_A": given.diameter_A, "box_px": given.box_px}
+        float(record["factor_used"]), float(record["factor_found"])
+        return record if same else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recorded_factor(outdir: Path, given: ParticleSize) -> float:
+    """The factor a job in ``outdir`` picked with for this given size (1.0 if none is recorded,
+    or if it was recorded for another size)."""
+    record = _read_record(outdir, given)
+    return float(record["factor_used"]) if record else 1.0
+
+
+def apply_size_check(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSize, mode: str,
+                     outdir: Path | None = None, params: PickParams = PickParams(),
+                     device: str | torch.device = "cpu", reuse: bool = False) -> tuple[ParticleSize, str | None]:
+    """Run the size check in ``mode`` (``adopt``: pick at the size found; ``warn``: log it and
+    keep the given size; ``off``) and record it in ``outdir``. Returns the size to pick at and a
+    note for the report (None when the check is off). ``reuse``: a job resumed in ``outdir`` takes
+    the size its record holds for the same given size and mode (so that every micrograph of a job,
+    and every shard, is picked at one size), else the check runs again."""
+    if mode not in MODES:
+        raise JobError(f"size check {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "off" or len(micrographs) == 0:
+        return size, None
+    record = _read_record(outdir, size) if reuse and outdir is not None else None
+    if record is not None and record.get("mode") == mode:
+        counts = {float(f): int(n) for f, n in record.get("counts", {}).items()}
+        check = SizeCheck(float(record["factor_found"]), counts, list(record.get("samples", [])))
+        log.info("size check: taken from %s (this job's earlier run)", record_path(outdir))
+    else:
+        check = check_size(micrographs, model, size, params, device)
+        if outdir is not None:
+            write_record(outdir, size, check, mode)
+    line = check.describe(size)
+    if check.factor == 1.0:
+        log.info("%s", line)
+        return size, line
+    if mode == "adopt":
+        log.warning("%s: picking at that size (size check 'adopt')", line)
+        return scaled_size(size, check.factor), line + "; adopted"
+    log.warning("%s: check the particle size; picking at the given one (size check 'warn'; 'adopt' picks at "
+                "the size found)", line)
+    return size, line + "; not adopted (size check 'warn')"

@@ -1,0 +1,194 @@
+"""The size check (deeppicker_relion/sizecheck.py): the search rule on given counts, the shipped
+model on generated micrographs, and its place in pick jobs (record, rethreshold, RELION continue)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from conftest import blob_micrograph, write_mrc
+from deeppicker_relion import sizecheck
+from deeppicker_relion.model import default_weights_path, load_model
+from deeppicker_relion.pipeline import ParticleSize
+from deeppicker_relion.sizecheck import STEP, apply_size_check, check_size, recorded_factor, scaled_size
+
+
+def _mics(tmp_path: Path, images: list[np.ndarray], stem: str = "m") -> pd.DataFrame:
+    paths = [str(write_mrc(tmp_path / f"{stem}{i}.mrc", img)) for i, img in enumerate(images)]
+    return pd.DataFrame({"name": paths, "path": paths})
+
+
+def _with_counts(monkeypatch, counts_at) -> None:
+    """Replace the scoring with a count per micrograph that depends only on the box tried."""
+    monkeypatch.setattr(sizecheck, "count_confident", lambda model, mic, box, params, device: counts_at(box))
+
+
+@pytest.fixture
+def three_noise_mics(tmp_path: Path) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return _mics(tmp_path, [rng.normal(0, 1, (300, 300)).astype(np.float32) for _ in range(3)], "noise")
+
+
+def _peaked_at(true_box: float, fragments: bool = False):
+    """Confident candidates per micrograph: 40 at the particle's box, falling off on both sides;
+    with ``fragments``, a box too small finds 25 at x 0.75 and more and more below it (particles
+    broken into parts, as with haemoglobin given 0.76 x its diameter)."""
+
+    def counts(box: float) -> int:
+        ratio = box / true_box
+        if ratio > 1.25:
+            return int(40 / ratio**6)
+        if ratio < 0.8:
+            return int(25 * (0.75 / ratio) ** 3) if fragments else int(40 * ratio**4)
+        return 40
+
+    return counts
+
+
+@pytest.mark.parametrize("given, true_box, fragments, expected", [
+    (40.0, 40.0, False, 1.0),  # right: stays
+    (40.0, 80.0, False, STEP**2),  # too small (a hollow particle's inner ring): up twice
+    (80.0, 40.0, False, 1 / STEP**2),  # too large (the extraction box): down twice
+    (30.0, 40.0, False, STEP),  # a bit too small: up once
+    (30.0, 40.0, True, 1.0),  # the larger size gains under 2 x; fragments fill the smaller ones: no move down
+    (60.0, 40.0, True, 1 / STEP),  # too large: down, then fragments do not pull it further
+])  # fmt: skip
+def test_search_moves_only_on_a_clear_gain_and_not_towards_fragments(
+    monkeypatch, three_noise_mics: pd.DataFrame, given, true_box, fragments, expected
+) -> None:
+    _with_counts(monkeypatch, _peaked_at(true_box, fragments))
+    check = check_size(three_noise_mics, model=None, size=ParticleSize(box_px=given))
+    assert check.factor == pytest.approx(expected, rel=1e-5)
+    assert len(check.samples) == 3
+
+
+def test_search_needs_enough_confident_candidates(monkeypatch, three_noise_mics: pd.DataFrame) -> None:
+    # 0 -> 2 per micrograph is "twice as many" but below MIN_PER_MICROGRAPH: noise, no move
+    _with_counts(monkeypatch, lambda box: 2 if box > 50 else 0)
+    assert check_size(three_noise_mics, None, ParticleSize(box_px=40.0)).factor == 1.0
+    _with_counts(monkeypatch, lambda box: 5 if box > 50 else 0)
+    assert check_size(three_noise_mics, None, ParticleSize(box_px=40.0)).factor == pytest.approx(STEP)
+
+
+def test_search_never_tries_boxes_below_the_minimum_or_over_half_the_micrograph(
+    monkeypatch, three_noise_mics: pd.DataFrame
+) -> None:
+    tried: list[float] = []
+
+    def counts(box: float) -> int:
+        tried.append(box)
+        return 100 if box < 25 else 1
+
+    _with_counts(monkeypatch, counts)
+    assert check_size(three_noise_mics, None, ParticleSize(box_px=26.0)).factor == 1.0  # 26 / 1.4 < 20 px
+    assert min(tried) >= sizecheck.MIN_BOX_PX and max(tried) <= 150
+    _with_counts(monkeypatch, lambda box: 100 if box > 120 else 1)
+    assert check_size(three_noise_mics, None, ParticleSize(box_px=110.0)).factor == 1.0  # 154 px > 300 / 2
+    _with_counts(monkeypatch, lambda box: 100 if box > 25 else 1)
+    assert check_size(three_noise_mics, None, ParticleSize(box_px=18.0)).factor == pytest.approx(STEP)  # 18 px is scored
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not default_weights_path().is_file():
+        pytest.skip("the shipped model is missing")
+    return load_model(None)[0]
+
+
+def test_shipped_model_finds_the_size_of_blobs_given_too_small(tmp_path: Path, shipped) -> None:
+    images = [blob_micrograph(seed, shape=(400, 400), n=14, box=32.0)[0] for seed in range(3)]
+    mics = _mics(tmp_path, images)
+    assert check_size(mics, shipped, ParticleSize(box_px=32.0)).factor == 1.0
+    found = check_size(mics, shipped, ParticleSize(box_px=24.0))  # 0 confident candidates at 24 px
+    assert found.factor > 1.0 and 28 <= 24 * found.factor <= 50
+    assert found.counts[1.0] < found.counts[round(found.factor, 6)] / 2
+
+
+def test_shipped_model_leaves_the_size_of_pure_noise_alone(three_noise_mics: pd.DataFrame, shipped) -> None:
+    for box in (24.0, 64.0):
+        check = check_size(three_noise_mics, shipped, ParticleSize(box_px=box))
+        assert check.factor == 1.0, check.counts
+
+
+def test_diameter_in_angstrom_scales_with_each_micrographs_pixel_size(monkeypatch, tmp_path: Path) -> None:
+    boxes: list[float] = []
+    _with_counts(monkeypatch, lambda box: boxes.append(box) or 0)
+    noise = np.random.default_rng(1).normal(0, 1, (200, 200)).astype(np.float32)
+    paths = [str(write_mrc(tmp_path / f"{name}.mrc", noise, px)) for name, px in (("a", 2.0), ("b", 4.0))]
+    mics = pd.DataFrame({"name": paths, "path": paths})
+    check_size(mics, None, ParticleSize(diameter_A=160.0))
+    assert {80.0, 40.0} <= set(np.round(boxes, 6))
+    assert scaled_size(ParticleSize(diameter_A=160.0), 1.4).diameter_A == pytest.approx(224.0)
+    assert scaled_size(ParticleSize(box_px=40.0), 0.5).box_px == pytest.approx(20.0)
+
+
+def test_apply_records_adopts_warns_and_reuses(monkeypatch, three_noise_mics: pd.DataFrame, tmp_path: Path) -> None:
+    out = tmp_path / "job"
+    out.mkdir()
+    _with_counts(monkeypatch, _peaked_at(80.0))
+    given = ParticleSize(box_px=40.0)
+    size, note = apply_size_check(three_noise_mics, None, given, "warn", out)
+    assert size == given and "not adopted" in note
+    assert recorded_factor(out, given) == 1.0  # warn picks at the given size
+    size, note = apply_size_check(three_noise_mics, None, given, "adopt", out)
+    assert size.box_px == pytest.approx(40.0 * STEP**2) and "adopted" in note
+    record = json.loads((out / sizecheck.RECORD).read_text())
+    assert record["factor_used"] == pytest.approx(STEP**2) and record["mode"] == "adopt"
+    assert recorded_factor(out, given) == pytest.approx(STEP**2)
+    assert recorded_factor(out, ParticleSize(box_px=41.0)) == 1.0  # recorded for another size
+    # a resumed job takes the recorded size without scoring again
+    _with_counts(monkeypatch, lambda box: pytest.fail("scored again"))
+    size, _ = apply_size_check(three_noise_mics, None, given, "adopt", out, reuse=True)
+    assert size.box_px == pytest.approx(40.0 * STEP**2)
+    assert apply_size_check(three_noise_mics, None, given, "off", out) == (given, None)
+
+
+def test_cli_pick_warns_by_default_adopts_on_request_and_rethreshold_keeps_the_size(tmp_path: Path, shipped,
+                                                                                     capsys) -> None:
+    from deeppicker_relion.cli.main import main as cli
+
+    for seed in range(3):
+        write_mrc(tmp_path / "mics" / f"mic{seed}.mrc", blob_micrograph(seed, shape=(400, 400), n=14, box=32.0)[0])
+    warned = tmp_path / "warned"
+    cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(warned), "--no-report"])
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "check the particle size" in err and "box 33.6 px" in err
+    record = json.loads((warned / sizecheck.RECORD).read_text())
+    assert record["mode"] == "warn" and record["factor_found"] > 1.0 and record["factor_used"] == 1.0
+    summary = next(iter(starfile.read(warned / "picking_summary.star", always_dict=True).values()))
+    assert np.allclose(summary["box_px"], 24.0)
+    out = tmp_path / "picks"
+    assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(out), "--no-report",
+                "--size-check", "adopt"]) == 0
+    record = json.loads((out / sizecheck.RECORD).read_text())
+    used = 24 * record["factor_used"]
+    assert record["factor_used"] > 1.0
+    summary = next(iter(starfile.read(out / "picking_summary.star", always_dict=True).values()))
+    assert np.allclose(summary["box_px"], used)
+    assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(out), "--no-report",
+                "--size-check", "adopt", "--rethreshold", "--threshold", "0.6"]) == 0
+    summary = next(iter(starfile.read(out / "picking_summary.star", always_dict=True).values()))
+    assert np.allclose(summary["box_px"], used)  # the area of the two-level rule is counted in boxes of that size
+    off = tmp_path / "off"
+    # 0 picks at 24 px: exit code 1 ("no micrograph picked"), but every micrograph is processed
+    cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(off), "--no-report", "--size-check", "off"])
+    assert not (off / sizecheck.RECORD).exists()
+    summary = next(iter(starfile.read(off / "picking_summary.star", always_dict=True).values()))
+    assert np.allclose(summary["box_px"], 24.0) and not math.isnan(summary["box_px"].iloc[0])
+
+
+def test_relion_job_and_cli_default_to_the_same_mode() -> None:
+    import argparse
+
+    from deeppicker_relion.cli.pick import add_arguments
+    from relion_external.pick import build_parser
+
+    cli = argparse.ArgumentParser()
+    add_arguments(cli)
+    assert cli.get_default("size_check") == build_parser().get_default("size_check") == sizecheck.DEFAULT_MODE
