@@ -643,3 +643,28 @@ def test_shards_write_their_own_summaries(project: Path, shipped: Path, capsys) 
     settings = json.loads((job_dir / "deeppicker_settings.shard-1-of-2.json").read_text())
     assert settings["particle_diameter"] == DIAMETER_A
 
+
+
+def test_size_check_adopt_picks_at_the_size_found_and_continue_keeps_it(project: Path, shipped: Path, capsys,
+                                                                         monkeypatch) -> None:
+    """RELION mode with size_check adopt: the size found (here forced: the counts come from a stand-in
+    that finds most candidates at 1.4 x the given box) is what every micrograph is picked at, in the
+    summary and the report notes; a continue reuses the record without scoring the samples again."""
+    from deeppicker_relion import sizecheck
+
+    given_px = DIAMETER_A / PIXEL_A
+    monkeypatch.setattr(sizecheck, "count_confident",
+                        lambda model, mic, box, params, device: 40 if abs(box / given_px - 1.4) < 0.01 else 5)
+    job_dir = project / "External/job021"
+    code, out, err = run_main(pick_job, project, pick_args("External/job021/", "--size_check", "adopt"), capsys)
+    assert code == 0 and markers(job_dir) == [relion_job.SUCCESS], err
+    assert "picking at that size" in err
+    record = json.loads((job_dir / "size_check.json").read_text())
+    assert record["mode"] == "adopt" and record["factor_used"] == pytest.approx(1.4)
+    summary = read_summary(job_dir / "picking_summary.star")
+    np.testing.assert_allclose(summary["box_px"], 1.4 * given_px, rtol=1e-6)
+    assert len(coordinate_files(job_dir)) == 4
+    monkeypatch.setattr(sizecheck, "count_confident", lambda *a: pytest.fail("the samples were scored again"))
+    code, out, err = run_main(pick_job, project, pick_args("External/job021/", "--size_check", "adopt",
+                                                           "--threshold", "0.7"), capsys)  # fmt: skip
+    assert code == 0 and "re-thresholded 4 micrographs" in out, err
