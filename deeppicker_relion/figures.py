@@ -132,7 +132,7 @@ def plot_scores(scores: Sequence[np.ndarray], path: str | Path, threshold: float
     threshold would give (right axis)."""
     flat = np.concatenate([np.asarray(s, float) for s in scores]) if len(scores) else np.zeros(0)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.hist(flat, bins=np.linspace(0, 1, 41), color="#7f7f7f", log=True)
+    ax.hist(flat, bins=np.linspace(0, 1, 41), color="#7f7f7f", log=flat.size > 0)  # no candidates: no log axis
     ax.set_xlabel("score")
     ax.set_ylabel(f"candidates (all micrographs, score >= {floor:g})")
     ax.set_xlim(0, 1)

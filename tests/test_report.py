@@ -101,3 +101,14 @@ def test_picks_at_thresholds_counts_per_micrograph_and_caps_at_max_picks() -> No
     t = np.array([0.0, 0.5, 0.85, 1.0])
     assert picks_at_thresholds(scores, t, None).tolist() == [7, 5, 2, 0]
     assert picks_at_thresholds(scores, t, 2).tolist() == [4, 4, 2, 0]
+
+
+def test_score_histogram_of_a_job_without_candidates_draws_without_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    from deeppicker_relion.figures import plot_scores
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib: "Data has no positive values, ... log-scaled"
+        path = plot_scores([np.zeros(0), np.zeros(0)], tmp_path / "scores.png", threshold=0.5, floor=0.01)
+    assert path.is_file() and path.stat().st_size > 1000
