@@ -202,23 +202,28 @@ def recorded_factor(outdir: Path, given: ParticleSize) -> float:
 
 def apply_size_check(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSize, mode: str,
                      outdir: Path | None = None, params: PickParams = PickParams(),
-                     device: str | torch.device = "cpu", reuse: bool = False) -> tuple[ParticleSize, str | None]:
+                     device: str | torch.device = "cpu", reuse: bool = False,
+                     picked_before: int = 0) -> tuple[ParticleSize, str | None]:
     """Run the size check in ``mode`` (``adopt``: pick at the size found; ``warn``: log it and
     keep the given size; ``off``) and record it in ``outdir``. Returns the size to pick at and a
     note for the report (None when the check is off). ``reuse``: a job resumed in ``outdir`` takes
     the size its record holds for the same given size and mode (so that every micrograph of a job,
-    and every shard, is picked at one size), else the check runs again."""
+    and every shard, is picked at one size), else the check runs again. ``picked_before``:
+    micrographs of this job already picked; if the size to pick at differs from the one their
+    record holds, raises :class:`JobError` (the job would mix two sizes)."""
     if mode not in MODES:
         raise JobError(f"size check {mode!r}: choose one of {', '.join(MODES)}")
+    record = _read_record(outdir, size) if outdir is not None else None
     if mode == "off" or len(micrographs) == 0:
+        _refuse_mixing(record, 1.0, picked_before, outdir, mode)
         return size, None
-    record = _read_record(outdir, size) if reuse and outdir is not None else None
-    if record is not None and record.get("mode") == mode:
+    if reuse and record is not None and record.get("mode") == mode:
         counts = {float(f): int(n) for f, n in record.get("counts", {}).items()}
         check = SizeCheck(float(record["factor_found"]), counts, list(record.get("samples", [])))
         log.info("size check: taken from %s (this job's earlier run)", record_path(outdir))
     else:
         check = check_size(micrographs, model, size, params, device)
+        _refuse_mixing(record, check.factor if mode == "adopt" else 1.0, picked_before, outdir, mode)
         if outdir is not None:
             write_record(outdir, size, check, mode)
     line = check.describe(size)
@@ -231,3 +236,12 @@ def apply_size_check(micrographs: pd.DataFrame, model: DeepPickerNet, size: Part
     log.warning("%s: check the particle size; picking at the given one (size check 'warn'; 'adopt' picks at "
                 "the size found)", line)
     return size, line + "; not adopted (size check 'warn')"
+
+
+def _refuse_mixing(record: dict | None, factor: float, picked_before: int, outdir: Path | None, mode: str) -> None:
+    if record is None or picked_before <= 0 or abs(float(record["factor_used"]) - factor) < 1e-6:
+        return
+    raise JobError(
+        f"{picked_before} micrographs here were picked at the given size x {float(record['factor_used']):.2f} "
+        f"(size check {record.get('mode')!r}); size check {mode!r} would pick the others at x {factor:.2f}: pick "
+        "them all again (--overwrite) or use another output folder", record_path(outdir))

@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
                     settings_path,
                 )
     pick.size, size_note = apply_size_check(mics, model, pick.size, args.size_check, job.outdir, pick.params, device,
-                                            reuse=True)
+                                            reuse=True, picked_before=n_done)
     notes += [size_note] if size_note else []
     if previous is not None and n_done:
         keys = ("threshold", "low_threshold", "min_confident", "confident_threshold", "max_picks")

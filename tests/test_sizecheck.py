@@ -147,6 +147,14 @@ def test_apply_records_adopts_warns_and_reuses(monkeypatch, three_noise_mics: pd
     size, _ = apply_size_check(three_noise_mics, None, given, "adopt", out, reuse=True)
     assert size.box_px == pytest.approx(40.0 * STEP**2)
     assert apply_size_check(three_noise_mics, None, given, "off", out) == (given, None)
+    # ... but once micrographs were picked at the adopted size, another mode would mix two sizes
+    from deeppicker_relion.errors import JobError
+
+    _with_counts(monkeypatch, _peaked_at(80.0))
+    for mode in ("warn", "off"):
+        with pytest.raises(JobError, match=r"2 micrographs here were picked at the given size x 1.96.*--overwrite"):
+            apply_size_check(three_noise_mics, None, given, mode, out, reuse=True, picked_before=2)
+    assert recorded_factor(out, given) == pytest.approx(STEP**2)  # the record is left as it was
 
 
 def test_cli_pick_warns_by_default_adopts_on_request_and_rethreshold_keeps_the_size(tmp_path: Path, shipped,
@@ -175,6 +183,13 @@ def test_cli_pick_warns_by_default_adopts_on_request_and_rethreshold_keeps_the_s
                 "--size-check", "adopt", "--rethreshold", "--threshold", "0.6"]) == 0
     summary = next(iter(starfile.read(out / "picking_summary.star", always_dict=True).values()))
     assert np.allclose(summary["box_px"], used)  # the area of the two-level rule is counted in boxes of that size
+    # the same folder again without --size-check adopt would pick new micrographs at another size
+    write_mrc(tmp_path / "mics" / "mic3.mrc", blob_micrograph(3, shape=(400, 400), n=14, box=32.0)[0])
+    capsys.readouterr()
+    assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(out), "--no-report"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "3 micrographs here were picked at the given size x 1.40" in err, err
+    assert not (out / "micrographs" / "mic3_deeppicker.star").exists() and not list(out.rglob("mic3*"))
     off = tmp_path / "off"
     # 0 picks at 24 px: exit code 1 ("no micrograph picked"), but every micrograph is processed
     cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(off), "--no-report", "--size-check", "off"])

@@ -143,8 +143,10 @@ def main(args: argparse.Namespace) -> int:
                        else f" (no calibration for x{model.augment} in the weights: scores calibrated for x{model.calibrated_augment})")
     model_text += f", micrographs normalised by {model.normalisation!r} (preprocess.normalise)"
     log.info("%s", model_text)
+    picked_before = int(shard_rows(mics, job.shard)["name"].map(job.is_done).sum()) if job.resume else 0
     job.size, size_note = apply_size_check(mics, model, size, args.size_check, job.outdir, params,
-                                           device if len(devices) == 1 else "cpu", reuse=job.resume)
+                                           device if len(devices) == 1 else "cpu", reuse=job.resume,
+                                           picked_before=picked_before)
     if size_note:
         model_text += f"; {size_note}"
     if args.self_train > 0:
