@@ -35,7 +35,7 @@ from .io.mrc import read_header, read_shape
 from .io.star import read_coordinate_star, read_star, write_coordinate_star, write_star
 from .model import DeepPickerNet
 from .picking import PickParams, area_in_boxes, select_picks
-from .pipeline import MicrographResult, ParticleSize, check_particle_size, pick_prepared, prefetch
+from .pipeline import MicrographResult, ParticleSize, check_particle_size, choose_pixel_size, pick_prepared, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +323,7 @@ def _geometry(mic: pd.Series, job: PickJob) -> tuple[tuple[int, int], float, flo
         shape, header_px = read_header(mic["path"])
     except DeepPickerError:
         return (0, 0), math.nan, None
-    given = mic.get("pixel_size")
-    pixel_size = float(given) if given is not None and float(given) > 0 else header_px
+    pixel_size = choose_pixel_size(mic.get("pixel_size"), header_px)
     try:
         return shape, job.size.in_pixels(pixel_size, str(mic["path"])), pixel_size
     except DeepPickerError:

@@ -54,6 +54,16 @@ class ParticleSize:
         return float(self.diameter_A) / float(pixel_size)
 
 
+def choose_pixel_size(given, header: float | None) -> float | None:
+    """The pixel size to use: ``given`` (the micrograph list's column or the user's, in Angstrom)
+    when it is a positive number, else the MRC header's (None if neither)."""
+    try:
+        value = float(given) if given is not None else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    return value if math.isfinite(value) and value > 0 else header
+
+
 def sample_order(n: int) -> list[int]:
     """Rows of an ``n``-micrograph list to sample, in order: first, middle, last, then the others."""
     return list(dict.fromkeys([0, n // 2, n - 1, *range(n)])) if n > 0 else []
@@ -77,8 +87,7 @@ def check_particle_size(micrographs: pd.DataFrame, size: ParticleSize, samples: 
             shape, header_px = read_header(row["path"])
         except DeepPickerError:
             continue
-        given = row.get("pixel_size", math.nan)
-        px = float(given) if given is not None and math.isfinite(float(given)) and float(given) > 0 else header_px
+        px = choose_pixel_size(row.get("pixel_size"), header_px)
         seen.append((str(row["path"]), shape, px))
         if len(seen) >= samples:
             break
@@ -137,7 +146,7 @@ def prepare(
     :class:`MicrographError` for any problem with this micrograph."""
     start = time.perf_counter()
     mic = read_micrograph(path)
-    px = pixel_size if pixel_size is not None and not math.isnan(pixel_size) else mic.pixel_size
+    px = choose_pixel_size(pixel_size, mic.pixel_size)
     box = size.in_pixels(px, path)
     if box > min(mic.shape):
         raise MicrographError(

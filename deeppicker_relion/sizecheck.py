@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from .io.atomic import write_text_atomic
 from .io.mrc import Micrograph, read_micrograph
 from .model import DeepPickerNet
 from .picking import PickParams, find_candidates
-from .pipeline import ParticleSize, sample_order
+from .pipeline import ParticleSize, choose_pixel_size, sample_order
 from .preprocess import box_scale, preprocess, resampled_shape
 from .scoring import score_map_dense
 
@@ -105,17 +104,16 @@ def sample_micrographs(micrographs: pd.DataFrame, n: int = SAMPLES) -> list[tupl
             mic = read_micrograph(row["path"])
         except DeepPickerError:
             continue
-        given = row.get("pixel_size", math.nan)
-        given = float(given) if given is not None else math.nan
-        out.append((mic, given if math.isfinite(given) and given > 0 else mic.pixel_size))
+        out.append((mic, choose_pixel_size(row.get("pixel_size"), mic.pixel_size)))
     return out
 
 
 def count_confident(model: DeepPickerNet, mic: Micrograph, box_px: float, params: PickParams = PickParams(),
                     device: str | torch.device = "cpu") -> int:
     """Candidates scoring >= CHECK_SCORE on one micrograph picked with a ``box_px`` box (pixels)."""
-    check = PickParams(threshold=CHECK_SCORE, low_threshold=CHECK_SCORE, floor=CHECK_SCORE, clean=params.clean, dark_sigma=params.dark_sigma,
-                       outlier_fraction=params.outlier_fraction, peak_window=params.peak_window)
+    check = PickParams(threshold=CHECK_SCORE, low_threshold=CHECK_SCORE, floor=CHECK_SCORE, clean=params.clean,
+                       dark_sigma=params.dark_sigma, outlier_fraction=params.outlier_fraction,
+                       peak_window=params.peak_window)
     pre = preprocess(mic.data, box_px, model.normalisation)
     cands = find_candidates(score_map_dense(model, pre.image, device=device), pre, check)
     return int((cands["score"] >= CHECK_SCORE).sum())
@@ -145,7 +143,8 @@ def check_size(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSi
             for (mic, _), box in zip(mics, boxes):
                 b = box * factor
                 out_of_range = b > min(mic.shape) / 2 or b < MIN_BOX_PX  # the given size is always scored
-                if key != 1.0 and (out_of_range or np.prod(resampled_shape(mic.shape, box_scale(b))) > MAX_RESAMPLED_PX):
+                too_large = np.prod(resampled_shape(mic.shape, box_scale(b))) > MAX_RESAMPLED_PX
+                if key != 1.0 and (out_of_range or too_large):
                     return None
                 total += count_confident(model, mic, b, params, device)
             result.counts[key] = total
@@ -160,7 +159,8 @@ def check_size(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSi
             continue
         if direction <= 0:
             down = count(factor / STEP)
-            if down is not None and down >= GAIN * current and down >= need and (up is None or up <= max(current, need)):
+            larger_gains = up is not None and up > max(current, need)
+            if down is not None and down >= GAIN * current and down >= need and not larger_gains:
                 factor, current, direction = factor / STEP, down, -1
                 continue
         break

@@ -35,7 +35,7 @@ from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
 from ..picking import CONFIDENT_AREA, PickParams, check_dark_sigma
 from ..pipeline import check_particle_size
 from ..selftrain import self_train
-from ..sizecheck import DEFAULT_MODE, MODES, apply_size_check, recorded_factor, scaled_size
+from ..sizecheck import DEFAULT_MODE, MODES, apply_size_check, record_path, recorded_factor, scaled_size
 from ..training import TrainParams
 from .common import add_compute_arguments, add_micrograph_arguments, add_size_arguments, particle_size, setup
 
@@ -143,7 +143,8 @@ def main(args: argparse.Namespace) -> int:
                        else f" (no calibration for x{model.augment} in the weights: scores calibrated for x{model.calibrated_augment})")
     model_text += f", micrographs normalised by {model.normalisation!r} (preprocess.normalise)"
     log.info("%s", model_text)
-    picked_before = int(shard_rows(mics, job.shard)["name"].map(job.is_done).sum()) if job.resume else 0
+    earlier = job.resume and record_path(job.outdir).is_file()  # a size check of this folder's earlier run
+    picked_before = int(shard_rows(mics, job.shard)["name"].map(job.is_done).sum()) if earlier else 0
     job.size, size_note = apply_size_check(mics, model, size, args.size_check, job.outdir, params,
                                            device if len(devices) == 1 else "cpu", reuse=job.resume,
                                            picked_before=picked_before)
