@@ -13,7 +13,8 @@ Steps (DeepPicker 2016, with the authors' code's bugs fixed):
    hot pixels, carbon edges); so are candidates in or within half a box of a dark region much
    larger than a particle (``dark_sigma``, :func:`dark_regions`: contamination, ice crystals,
    whose rims otherwise draw picks);
-4. refine: a parabola through each peak and its neighbours gives the sub-grid centre;
+4. refine: a parabola through each peak and its neighbours, on the score map smoothed over
+   ``refine_sigma`` x box, gives the sub-grid centre;
 5. sort by score; keep those above ``threshold``, at most ``max_picks`` per micrograph.
 
 Candidates down to ``floor`` are kept by :func:`find_candidates` so that picks can be re-thresholded
@@ -70,6 +71,11 @@ class PickParams:
     # (benchmarks/accuracy.py, MODEL_CARD.md).
     dark_sigma: float = 4.0
     refine: bool = True
+    # Gaussian smoothing (sigma, fraction of the box) of the logit margins before the sub-grid
+    # parabola (positions only; scores and candidates are unchanged); 0: the parabola on the raw
+    # grid. 0.044 box (0.7 grid cells at the default step) chosen on the selection micrographs of
+    # random molecules (benchmarks/accuracy.py --only refine, MODEL_CARD.md).
+    refine_sigma: float = 0.044
 
     def __post_init__(self) -> None:
         # every candidate the thresholds can keep must be found: the floor never lies above them
@@ -136,6 +142,19 @@ def _refine(logits: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.
         return np.clip(np.nan_to_num(off), -0.5, 0.5)
 
     return rows + offset(padded[r - 1, c], padded[r + 1, c]), cols + offset(padded[r, c - 1], padded[r, c + 1])
+
+
+def smooth_logits(logits: np.ndarray, sigma_cells: float) -> np.ndarray:
+    """Copy of a logit map smoothed by a Gaussian of ``sigma_cells`` grid cells, for sub-grid
+    refinement. Cells removed as ice (-inf) take no part (normalised convolution) and stay -inf.
+    ``sigma_cells <= 0``: the map itself."""
+    if sigma_cells <= 0 or logits.size == 0:
+        return logits
+    finite = np.isfinite(logits)
+    weight = ndimage.gaussian_filter(finite.astype(np.float64), sigma_cells, mode="nearest")
+    total = ndimage.gaussian_filter(np.where(finite, logits, 0.0).astype(np.float64), sigma_cells, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite & (weight > 1e-6), total / weight, -np.inf)
 
 
 def _outlier_fraction(image: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
@@ -233,7 +252,10 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     keep = _nms(rows, cols, logits[rows, cols], 0.5 * params.peak_window * cells_per_box)
     rows, cols = rows[keep], cols[keep]
     values = 1.0 / (1.0 + np.exp(-logits[rows, cols].astype(float)))
-    fr, fc = _refine(logits, rows, cols) if params.refine else (rows.astype(float), cols.astype(float))
+    if params.refine:
+        fr, fc = _refine(smooth_logits(logits, params.refine_sigma * cells_per_box), rows, cols)
+    else:
+        fr, fc = rows.astype(float), cols.astype(float)
     xr, yr = score_map.centres(fr, fc)
     if params.outlier_fraction < 1 and xr.size:
         ok = _outlier_fraction(pre.image, xr, yr, params.outlier_sigma) <= params.outlier_fraction
