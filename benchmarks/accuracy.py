@@ -827,6 +827,28 @@ def _candidates_by_sigma(model: DeepPickerNet, index: pd.DataFrame, sigmas=REFIN
     return out
 
 
+SCORE_BINS = (0.0, 0.1, 0.5, 0.9, 1.0)
+
+
+def centre_error_by_score(cands: dict[str, pd.DataFrame], index: pd.DataFrame) -> list[tuple[float, float, float, int]]:
+    """(low, high, mean centre error / box, matched picks) of the default picks by score bin."""
+    refs, box = references(index), boxes(index)
+    scores, errors = [], []
+    for name, ref in refs.items():
+        picks = default_picks(cands.get(name, pd.DataFrame({"x": [], "y": [], "score": []})))
+        picks = picks.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        matched, dist = match(picks, ref, MATCH_RADIUS * box[name])
+        ok = matched >= 0
+        scores.extend(picks["score"].to_numpy(float)[ok])
+        errors.extend(dist[ok] / box[name])
+    s, e = np.asarray(scores), np.asarray(errors)
+    out = []
+    for lo, hi in zip(SCORE_BINS[:-1], SCORE_BINS[1:]):
+        inside = (s >= lo) & ((s < hi) if hi < 1.0 else (s <= hi))
+        out.append((lo, hi, float(e[inside].mean()) if inside.any() else float("nan"), int(inside.sum())))
+    return out
+
+
 def section_refine(results: dict) -> None:
     """Sub-grid refinement: the parabola through each peak on the score map smoothed by
     ``refine_sigma`` x box (0: the raw grid). Chosen on the selection micrographs of random molecules
@@ -841,7 +863,7 @@ def section_refine(results: dict) -> None:
     sets["apoferritin (real), box 78 px"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
     print("| set | " + " | ".join(f"sigma {s:g}: F1 / centre err" for s in REFINE_SIGMAS) + " |")
     print("|---|" + "---|" * len(REFINE_SIGMAS))
-    out = results.setdefault("refine", {})
+    out, notes = results.setdefault("refine", {}), []
     for name, idx in sets.items():
         by_sigma = _candidates_by_sigma(model, idx)
         cells = []
@@ -850,6 +872,12 @@ def section_refine(results: dict) -> None:
             out.setdefault(name, {})[f"{s:g}"] = {k: m[k] for k in ("precision", "recall", "f1", "centre_error")}
             cells.append(f"{m['f1']:.3f} / {m['centre_error']:.4f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        bins = centre_error_by_score(by_sigma[PickParams().refine_sigma], idx)
+        out[name]["by_score"] = bins
+        notes.append(f"{name}: " + ", ".join(f"[{lo:g}, {hi:g}{']' if hi == 1.0 else ')'} {e:.3f} (n={n})"
+                                             for lo, hi, e, n in bins))
+    print("\nCentre error / box of the matched default picks by score (default refine_sigma):")
+    print("\n".join(notes))
 
 
 SECTIONS = ("rule", "lomo", "shipped", "empty", "contamination", "centres", "refine", "diameter", "sizecheck",
