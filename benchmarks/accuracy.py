@@ -3,7 +3,7 @@ contamination, the size check, self-training / semi-automated training, and Topa
 (markdown tables); not a timed test.
 
     python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
-    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, shipped, empty, contamination, centres, refine, diameter, sizecheck, finetune, topaz
+    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, shipped, empty, contamination, centres, refine, centring, diameter, sizecheck, finetune, topaz
     python benchmarks/accuracy.py --no-train       # use only fold models that exist
 
 Held-out sets (never used to train or calibrate the model that picks them):
@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import make_general_model as recipe  # noqa: E402
 
+from deeppicker_relion.centring import attach_centring, attached_centring, load_centring  # noqa: E402
 from deeppicker_relion.evaluate import MATCH_RADIUS, evaluate, match, topn_curve  # noqa: E402
 from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
@@ -93,6 +94,7 @@ def apoferritin(box_px: float = APOFERRITIN_DIAMETER_PX) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+CENTRING: Path | None = None  # --centring: centring network for every model (None: the shipped one where it fits)
 AUGMENT: int | None = None  # --augment: test-time copies for every model (None: each model's own)
 
 
@@ -100,6 +102,8 @@ def load_model(path):
     """(model, metadata); the model carries its window/diameter ratio (``context``) from the metadata,
     and scores with ``--augment`` copies when given (with the weights' calibration for that count)."""
     model, info = _load_model(path)
+    if CENTRING is not None:  # --centring: another centring network than the shipped one (experiments)
+        attach_centring(model, load_centring(CENTRING)[0] if CENTRING.name != "none" else None)
     model.context = float(info.get("context", 1.0))
     if AUGMENT is not None:
         model.augment = AUGMENT
@@ -125,7 +129,7 @@ def pick_candidates(model: DeepPickerNet, index: pd.DataFrame, params: PickParam
     for _, row in index.iterrows():
         mic = read_micrograph(row["path"])
         pre = preprocess(mic.data, context * float(row["diameter_px"]), model.normalisation)
-        out[row["name"]] = find_candidates(score_map_dense(model, pre.image), pre, params)
+        out[row["name"]] = find_candidates(score_map_dense(model, pre.image), pre, params, attached_centring(model))
     return out, (time.perf_counter() - start) / max(1, len(index))
 
 
@@ -823,7 +827,7 @@ def _candidates_by_sigma(model: DeepPickerNet, index: pd.DataFrame, sigmas=REFIN
         pre = preprocess(read_micrograph(row["path"]).data, float(row["diameter_px"]), model.normalisation)
         smap = score_map_dense(model, pre.image)
         for s in sigmas:
-            out[s][row["name"]] = find_candidates(smap, pre, PickParams(floor=FLOOR, refine_sigma=s))
+            out[s][row["name"]] = find_candidates(smap, pre, PickParams(floor=FLOOR, refine_sigma=s), attached_centring(model))
     return out
 
 
@@ -880,12 +884,56 @@ def section_refine(results: dict) -> None:
     print("\n".join(notes))
 
 
-SECTIONS = ("rule", "lomo", "shipped", "empty", "contamination", "centres", "refine", "diameter", "sizecheck",
-            "finetune", "topaz")
+def section_centring(results: dict) -> None:
+    """The centring network (PickParams.recentre): the same candidates with and without it, on the
+    selection micrographs of random molecules and cages (exact centres; none a benchmarked molecule)
+    and on every held-out set; with it, the centre error of the default picks by score."""
+    print("\n## Centring network: picks at the score map's peaks vs re-centred (PickParams.recentre)\n")
+    model = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
+    net = attached_centring(model)
+    if net is None:
+        print("no centring network fits this model (normalisation %r): nothing to compare" % model.normalisation)
+        return
+    selection = pd.concat([recipe.simulate_split(m, "rule") for m in (recipe.SYNTHETIC, recipe.CAGES)], ignore_index=True)
+    sets = {"selection (random molecules and cages)": selection[selection["name"].str.startswith("mic_")].reset_index(drop=True)}
+    sets.update({mol: sim_test(mol) for mol in recipe.molecules()})
+    sets["ribosome (real)"] = ribosome()
+    sets["apoferritin (real), box 78 px"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
+    print("| set | off: P / R / F1 / centre err | on: P / R / F1 / centre err | seconds per micrograph, off / on |")
+    print("|---|---|---|---|")
+    out, notes = results.setdefault("centring", {}), []
+    for name, idx in sets.items():
+        cands: dict[bool, dict[str, pd.DataFrame]] = {False: {}, True: {}}
+        seconds = {False: 0.0, True: 0.0}
+        for _, row in idx.iterrows():
+            pre = preprocess(read_micrograph(row["path"]).data, float(row["diameter_px"]), model.normalisation)
+            smap = score_map_dense(model, pre.image)
+            for on in (False, True):
+                start = time.perf_counter()
+                cands[on][row["name"]] = find_candidates(smap, pre, PickParams(floor=FLOOR, recentre=on), net)
+                seconds[on] += time.perf_counter() - start
+        cells = []
+        for on in (False, True):
+            m = metrics(cands[on], idx)
+            out.setdefault(name, {})["on" if on else "off"] = {k: m[k] for k in ("precision", "recall", "f1", "centre_error", "topn_f1")}
+            cells.append(f"{m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f} / {m['centre_error']:.4f}")
+        n = max(1, len(idx))
+        print(f"| {name} | " + " | ".join(cells) + f" | {seconds[False] / n:.2f} / {seconds[True] / n:.2f} |", flush=True)
+        bins = centre_error_by_score(cands[True], idx)
+        out[name]["by_score"] = bins
+        notes.append(f"{name}: " + ", ".join(f"[{lo:g}, {hi:g}{']' if hi == 1.0 else ')'} {e:.3f} (n={k})"
+                                             for lo, hi, e, k in bins))
+    print("\n(seconds: finding candidates from the score map, i.e. peaks, refinement, centring, filters)")
+    print("\nCentre error / box of the matched default picks by score, re-centred:")
+    print("\n".join(notes))
+
+
+SECTIONS = ("rule", "lomo", "shipped", "empty", "contamination", "centres", "refine", "centring", "diameter",
+            "sizecheck", "finetune", "topaz")
 
 
 def main(argv: list[str] | None = None) -> int:
-    global LOMO_DIR, WEIGHTS, SINGLE_MODEL, AUGMENT
+    global LOMO_DIR, WEIGHTS, SINGLE_MODEL, AUGMENT, CENTRING
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--no-train", action="store_true", help="do not train missing fold models")
@@ -898,10 +946,13 @@ def main(argv: list[str] | None = None) -> int:
                              "make_general_model.py --holdout all): a quick proxy of the LOMO table")
     parser.add_argument("--augment", type=int, choices=[1, 2, 4, 8], default=None,
                         help="test-time copies for every model (default: each model's own; the shipped: 2)")
+    parser.add_argument("--centring", type=Path, default=None,
+                        help="centring network for every model ('none': none; default: the shipped one where it fits)")
     parser.add_argument("--results", type=Path, default=CACHE / "accuracy.json")
     parser.add_argument("-j", "--threads", type=int, default=2)
     args = parser.parse_args(argv)
     LOMO_DIR, WEIGHTS, SINGLE_MODEL, AUGMENT = args.lomo_dir, args.weights, args.single_model, args.augment
+    CENTRING = args.centring
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     if args.topaz_only:
@@ -928,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
             section_centres(results)
         elif section == "refine":
             section_refine(results)
+        elif section == "centring":
+            section_centring(results)
         elif section == "diameter":
             section_diameter(results)
         elif section == "sizecheck":

@@ -36,7 +36,7 @@ _FAILED_COLUMNS = ["rlnMicrographName", "reason"]
 # Settings the RELION pick job records per shard (deeppicker_settings.shard-i-of-n.json) that must
 # agree between shards of one job.
 _SETTINGS_KEYS = ("particle_diameter", "box_px", "weights_sha256", "pickname", "threshold", "low_threshold",
-                  "min_confident", "confident_threshold", "max_picks", "augment", "dark_sigma", "size_check",
+                  "min_confident", "confident_threshold", "max_picks", "augment", "dark_sigma", "recentre", "size_check",
                   "micrographs")
 
 

@@ -224,6 +224,9 @@ def default_weights_path() -> Path:
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[DeepPickerNet, dict]:
     """Load a weights file (default: the shipped general model) -> (model in eval mode, metadata).
 
+    The shipped centring network is attached to the model (``centring.attached_centring``) when it
+    reads micrographs normalised as the model does: its picks are then re-centred (centring.py).
+
     Raises :class:`JobError` naming the file if it is missing, corrupt, pickled code, or of
     another architecture.
     """
@@ -286,4 +289,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
     model.normalisation = normalisation
     model.to(device).eval()
+    from .centring import attach_centring, shipped_centring_for  # centring.py builds on this module
+
+    attach_centring(model, shipped_centring_for(normalisation, device))
     return model, info

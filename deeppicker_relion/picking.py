@@ -14,7 +14,9 @@ Steps (DeepPicker 2016, with the authors' code's bugs fixed):
    larger than a particle (``dark_sigma``, :func:`dark_regions`: contamination, ice crystals,
    whose rims otherwise draw picks);
 4. refine: a parabola through each peak and its neighbours, on the score map smoothed over
-   ``refine_sigma`` x box, gives the sub-grid centre;
+   ``refine_sigma`` x box, gives the sub-grid centre; then, when a centring network is given
+   (:mod:`.centring`; the shipped one for the shipped model) and ``recentre`` is on, each candidate
+   moves to the centre that network reads from the micrograph around it;
 5. sort by score; keep those above ``threshold``, at most ``max_picks`` per micrograph.
 
 Candidates down to ``floor`` are kept by :func:`find_candidates` so that picks can be re-thresholded
@@ -28,9 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .centring import CentringNet, recentre
 from .errors import JobError
 from .preprocess import INPUT_SIZE, Preprocessed
 from .scoring import ScoreMap
@@ -76,6 +80,10 @@ class PickParams:
     # grid. 0.044 box (0.7 grid cells at the default step) chosen on the selection micrographs of
     # random molecules (benchmarks/accuracy.py --only refine, MODEL_CARD.md).
     refine_sigma: float = 0.044
+    # move each candidate to the particle centre the centring network reads around it (centring.py;
+    # only where find_candidates is given one: the picking paths give the shipped network to models
+    # whose micrographs are normalised as it was trained). Scores are unchanged.
+    recentre: bool = True
 
     def __post_init__(self) -> None:
         # every candidate the thresholds can keep must be found: the floor never lies above them
@@ -238,11 +246,14 @@ def dark_regions(image: np.ndarray, sigma: float = 4.0) -> np.ndarray:
     return dark[np.ix_(r, c)]
 
 
-def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams = PickParams()) -> pd.DataFrame:
+def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams = PickParams(),
+                    centring: CentringNet | None = None, device: str | torch.device = "cpu") -> pd.DataFrame:
     """All candidate particles scoring at least ``params.floor``, best first.
 
     Returns columns ``x``, ``y`` (original micrograph pixels, particle centre, x = column) and
-    ``score`` (softmax probability).
+    ``score`` (softmax probability). With a ``centring`` network (on ``device``) and
+    ``params.recentre``, each candidate is moved to the centre it reads (:func:`.centring.recentre`)
+    before the filters.
     """
     logits = score_map.logits
     if params.clean and logits.size:
@@ -257,6 +268,8 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     else:
         fr, fc = rows.astype(float), cols.astype(float)
     xr, yr = score_map.centres(fr, fc)
+    if centring is not None and params.recentre and xr.size:
+        xr, yr = recentre(centring, pre.image, xr, yr, device=device)
     if params.outlier_fraction < 1 and xr.size:
         ok = _outlier_fraction(pre.image, xr, yr, params.outlier_sigma) <= params.outlier_fraction
         xr, yr, values = xr[ok], yr[ok], values[ok]

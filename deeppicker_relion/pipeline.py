@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 import torch
 
+from .centring import attached_centring
 from .errors import DeepPickerError, JobError, MicrographError
 from .io.mrc import Micrograph, read_header, read_micrograph
 from .model import DeepPickerNet
@@ -175,7 +176,7 @@ def pick_prepared(
     start = time.perf_counter()
     scorer = score_map_patches if patch_by_patch else score_map_dense
     smap = scorer(model, prep.pre.image, step=step, device=device)
-    candidates = find_candidates(smap, prep.pre, params)
+    candidates = find_candidates(smap, prep.pre, params, attached_centring(model), device)
     picks = select_picks(candidates, params)
     return MicrographResult(
         prep.name,

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--dark_sigma", type=float, default=4.0, metavar="K",
              help="drop candidates in or near dark regions over 2 boxes large (contamination, ice crystals) "
                   "darker than K robust SDs (default 4; 0 = off)")
+    optional(parser, "--recentre", default="yes", metavar="YES/NO",
+             help="move each pick to the particle centre the shipped centring network reads around it (default "
+                  "yes, with models that normalise micrographs as it does, such as the shipped one; no: keep the "
+                  "score map's peaks)")
     optional(parser, "--size_check", default="warn", metavar="MODE",
              help="before picking, score the first, middle and last micrograph at the given diameter and at x / / "
                   "1.4 of it; where another size finds at least twice the confident candidates (a diameter much too "
@@ -110,6 +114,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if not (0.0 <= getattr(args, key) <= 1.0):
             raise JobError(f"{key} must lie between 0 and 1 (got {getattr(args, key)})")
     check_dark_sigma(args.dark_sigma, "dark_sigma")
+    answer = str(args.recentre).strip().lower()
+    if answer not in ("yes", "no", "true", "false", "1", "0"):
+        raise JobError(f"recentre must be yes or no (got {args.recentre!r})")
+    args.recentre = answer in ("yes", "true", "1")
     from deeppicker_relion.sizecheck import MODES
 
     if args.size_check not in MODES:
@@ -160,7 +168,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         size=ParticleSize(diameter_A=args.particle_diameter),
         params=PickParams(threshold=args.threshold, max_picks=args.max_picks, low_threshold=args.low_threshold,
                           min_confident=args.min_confident, confident_threshold=args.confident_threshold,
-                          dark_sigma=args.dark_sigma),
+                          dark_sigma=args.dark_sigma, recentre=args.recentre),
         pickname=args.pickname,
         fmt="star",
         resume=True,
@@ -195,6 +203,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         "max_picks": args.max_picks,
         "augment": args.augment,
         "dark_sigma": args.dark_sigma,
+        "recentre": args.recentre,
         "size_check": args.size_check,
         "in_mics": str(args.in_mics),  # for deeppicker merge, which writes the node files of shards
         "relion_version": version,
@@ -203,11 +212,11 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     mine = shard_rows(mics, pick.shard)
     n_done = int(mine["name"].map(pick.is_done).sum())
     if previous is not None and n_done:
-        # settings files written before dark_sigma / size_check existed: filter and check were off
-        before = {"dark_sigma": 0.0, "size_check": "off"}
+        # settings files written before dark_sigma / size_check / recentre existed: all three were off
+        before = {"dark_sigma": 0.0, "size_check": "off", "recentre": False}
         for key, what in (("particle_diameter", "particle diameter"), ("weights_sha256", "weights"),
                           ("augment", "augment setting"), ("dark_sigma", "dark_sigma setting"),
-                          ("size_check", "size_check setting")):
+                          ("recentre", "recentre setting"), ("size_check", "size_check setting")):
             old = previous.get(key, before.get(key))
             # warn and off both pick at the given diameter; only adopt may pick at another
             differs = (old == "adopt") != (settings[key] == "adopt") if key == "size_check" else old != settings[key]

@@ -339,6 +339,11 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
                                                            "--dark_sigma", "0"), capsys)  # fmt: skip
     assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
     assert len(err.strip().splitlines()) == 1 and "dark_sigma setting" in err and "new job" in err
+    # ... nor without the centring network (it moves the candidates when scoring)
+    code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
+                                                           "--recentre", "no"), capsys)  # fmt: skip
+    assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
+    assert len(err.strip().splitlines()) == 1 and "recentre setting" in err and "new job" in err
     # ... nor a size check that may pick at another size; 'off' picks at the given one, as 'warn' did
     code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
                                                            "--size_check", "adopt"), capsys)  # fmt: skip
@@ -395,6 +400,7 @@ def test_bad_micrograph_is_skipped_and_the_job_succeeds(project: Path, shipped: 
          "bad.safetensors: corrupt or unreadable"),
         (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--threshold", "2"], "threshold"),
         (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--dark_sigma", "-1"], "dark_sigma"),
+        (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--recentre", "maybe"], "recentre must be yes or no"),
         (["--in_mics", "micrographs.star", "--particle_diameter", "abc"], "invalid float value: 'abc'"),
         (["--in_mics", "micrographs.star", "--particle_diameter", "180", "--relion_version", "2"], "RELION version"),
     ],

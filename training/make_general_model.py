@@ -1,6 +1,6 @@
 """Recipe of the shipped general (cross-molecule) model, from scratch, in one command.
 
-    python training/make_general_model.py                      # -> deeppicker_relion/pretrained/general.safetensors
+    python training/make_general_model.py                      # -> deeppicker_relion/pretrained/general.safetensors (+ centring.safetensors)
     python training/make_general_model.py --holdout none       # + the four maps and the real ribosomes
     python training/make_general_model.py --holdout hemoglobin_4hhb    # -> training/cache/lomo/hemoglobin_4hhb.safetensors
     python training/make_general_model.py --holdout ribosome           # simulations only
@@ -43,6 +43,10 @@ Training (network ``Recipe.architecture``, SGD + momentum, rotations/flips):
    p = 0.5 at the best F1 over the validation micrographs of realistic SNR (>= 0.1) while the
    empty validation micrographs get at most ``Recipe.max_empty_picks`` picks each; folded into the
    last layer so every picking path (CLI, RELION job, fine-tuning) uses the calibrated scores.
+
+Last (for ``--holdout all`` only, unless ``--no-centring``): the centring network that moves each
+pick to the particle centre it reads (training/make_centring_model.py), started from this
+classifier and written to ``centring.safetensors`` beside it (~15 min).
 
 The shipped model is ``--holdout all`` (the default): trained and calibrated on the random
 molecules only (plus the maps' EMPTY validation micrographs for the noise guard), so every
@@ -750,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recalibrate", type=Path, default=None,
                         help="only redo step 4 (calibration) of an existing weights file, written to --output")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields (experiments)")
+    parser.add_argument("--no-centring", action="store_true",
+                        help="do not train the centring network afterwards (training/make_centring_model.py; "
+                             "run for the shipped model, --holdout all, into centring.safetensors beside it)")
     parser.add_argument("-j", "--threads", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -792,6 +799,12 @@ def main(argv: list[str] | None = None) -> int:
         log.info("recalibrated %s -> %s: %s", args.recalibrate, output, info["calibration"])
         return 0
     make_model(output, args.holdout, recipe, threads=args.threads)
+    if args.holdout == "all" and not args.no_centring:
+        # the shipped centring network starts from this classifier (training/make_centring_model.py)
+        import make_centring_model
+
+        target = output.with_name("centring.safetensors") if args.output else None
+        make_centring_model.main(["--init", str(output)] + (["-o", str(target)] if target else []))
     return 0
 
 

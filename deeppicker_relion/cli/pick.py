@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..centring import attached_centring
 from ..errors import JobError
 from ..io.micrographs import micrograph_list
 from ..merge import write_shard_settings
@@ -72,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop candidates in or near dark regions over 2 boxes large (contamination, ice crystals) "
                              "darker than K robust SDs at 0.5-2.5 box scales (default 4; 0 = off; applied when scoring, "
                              "not by --rethreshold)")
+    parser.add_argument("--no-recentre", action="store_true",
+                        help="keep each pick where the score map peaks instead of moving it to the particle centre "
+                             "the shipped centring network reads around it (used by default with models that "
+                             "normalise micrographs as it does, such as the shipped one; applied when scoring)")
     parser.add_argument("--size-check", choices=MODES, default=DEFAULT_MODE,
                         help="before picking, score the first, middle and last micrograph at the given size and at "
                              "x / / 1.4 of it; where another size finds at least twice the confident candidates "
@@ -111,7 +116,8 @@ def main(args: argparse.Namespace) -> int:
     check_dark_sigma(args.dark_sigma, "--dark-sigma")
     params = PickParams(threshold=args.threshold, max_picks=args.max_picks, clean=not args.no_clean,
                         low_threshold=args.low_threshold, min_confident=args.min_confident,
-                        confident_threshold=args.confident_threshold, dark_sigma=args.dark_sigma)
+                        confident_threshold=args.confident_threshold, dark_sigma=args.dark_sigma,
+                        recentre=not args.no_recentre)
     mics = micrograph_list(args.micrographs, args.angpix)
     job = PickJob(
         outdir=args.output,
@@ -142,6 +148,12 @@ def main(args: argparse.Namespace) -> int:
         model_text += (f" (its calibration for x{model.augment})" if model.augment in model.augment_calibration
                        else f" (no calibration for x{model.augment} in the weights: scores calibrated for x{model.calibrated_augment})")
     model_text += f", micrographs normalised by {model.normalisation!r} (preprocess.normalise)"
+    if not params.recentre:
+        model_text += ", picks at the score map's peaks (--no-recentre)"
+    elif attached_centring(model) is None:
+        model_text += f", picks at the score map's peaks (the centring network does not read {model.normalisation!r}-normalised micrographs)"
+    else:
+        model_text += ", picks re-centred by the shipped centring network"
     log.info("%s", model_text)
     earlier = job.resume and record_path(job.outdir).is_file()  # a size check of this folder's earlier run
     picked_before = int(shard_rows(mics, job.shard)["name"].map(job.is_done).sum()) if earlier else 0
@@ -183,7 +195,8 @@ def _settings(args: argparse.Namespace) -> dict:
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
             "low_threshold": args.low_threshold, "min_confident": args.min_confident,
             "confident_threshold": args.confident_threshold, "max_picks": args.max_picks, "augment": args.augment,
-            "dark_sigma": args.dark_sigma, "size_check": args.size_check, "micrographs": list(args.micrographs)}
+            "dark_sigma": args.dark_sigma, "recentre": not args.no_recentre, "size_check": args.size_check,
+            "micrographs": list(args.micrographs)}
 
 
 def _pick(args: argparse.Namespace, mics, model, job: PickJob, devices: list[str]) -> JobSummary:

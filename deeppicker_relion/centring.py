@@ -1,0 +1,194 @@
+"""Centring network: moves each pick to where a second network reads the particle's centre.
+
+The classifier's score map peaks near, not exactly at, a particle's centre: the network learnt
+"is a particle centred in this window" with no exact target for the position. The centring network
+(``deeppicker2016-wide-centring``) has the classifier's layers (initialised from it) but its last
+layer regresses the particle's offset from the window's centre: given the 64 x 64 window of the
+preprocessed micrograph centred (index 32) on the integer pixel nearest a pick, it returns (dx,
+dy), resampled pixels, x = column, y = row, such that the particle's centre is at the window centre
++ (dx, dy). Trained on simulated micrographs of random molecules with exact centres, windows drawn
+around each particle at offsets like a picker's errors and larger (training/make_centring_model.py).
+
+At picking (:func:`recentre`) each candidate's window is read as is and turned by half a turn (the
+mean of both predictions, mapped back, cancels a constant bias of the network), and the candidate
+moves by the predicted offset, at most ``max_shift`` x box. Scores do not change. The shipped
+weights (``pretrained/centring.safetensors``) are used with any classifier whose micrographs are
+normalised as they were trained (``normalisation`` in their metadata); ``PickParams.recentre``,
+``deeppicker pick --no-recentre`` turn it off. Measured: MODEL_CARD.md, "Centring network".
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import JobError
+from .io.atomic import atomic_path
+from .model import DeepPickerWide
+from .preprocess import INPUT_SIZE, NORMALISATIONS
+
+HALF = INPUT_SIZE // 2
+ARCHITECTURE = "deeppicker2016-wide-centring"
+# the network's outputs are offsets / OUTPUT_SCALE (resampled px): unit-sized targets for training
+OUTPUT_SCALE = 4.0
+# largest move of a pick, fraction of the box: a correction, never a jump to another particle
+MAX_SHIFT = 0.15
+
+
+class CentringNet(DeepPickerWide):
+    """``deeppicker2016-wide-centring``: the ``deeppicker2016-wide`` layers with a 2-output last layer;
+    ``forward`` maps (N, 1, 64, 64) windows to (N, 2) offsets (dx, dy) in resampled pixels of the
+    particle's centre from the window's centre (index 32)."""
+
+    architecture = ARCHITECTURE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc2 = nn.Linear(self.fc1.out_features, 2)
+        nn.init.zeros_(self.fc2.weight)  # starts as "no correction"
+        nn.init.zeros_(self.fc2.bias)
+        self.dropout = nn.Dropout(0.1)
+        self.normalisation = "local"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return OUTPUT_SCALE * super().forward(x)
+
+    def dense_logits(self, image: torch.Tensor, step: int = 4) -> torch.Tensor:  # pragma: no cover - guard
+        raise TypeError("the centring network regresses offsets of single windows; it does not score micrographs")
+
+
+def cut_windows(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows (N, 64, 64) centred (index 32) on the integer pixels nearest (x, y) (resampled px,
+    x = column), the image mirrored beyond its edges; returns (windows, centre x, centre y)."""
+    pad = INPUT_SIZE
+    padded = np.pad(np.asarray(image, np.float32), pad, mode="reflect")
+    wx = np.clip(np.round(np.asarray(x, float)).astype(int), HALF - pad, image.shape[1] + pad - HALF)
+    wy = np.clip(np.round(np.asarray(y, float)).astype(int), HALF - pad, image.shape[0] + pad - HALF)
+    out = np.empty((len(wx), INPUT_SIZE, INPUT_SIZE), np.float32)
+    for i, (a, b) in enumerate(zip(wx + pad, wy + pad)):
+        out[i] = padded[b - HALF : b + HALF, a - HALF : a + HALF]
+    return out, wx, wy
+
+
+def transform_offsets(offsets: torch.Tensor, quarter_turns: int, mirrored: bool) -> torch.Tensor:
+    """Offsets (N, 2) = (dx, dy) from index 32 of a window, as they are in the window with its columns
+    reversed (``mirrored``, first) and then turned by ``torch.rot90(window, quarter_turns, (-2, -1))``
+    (a 64 px window turns about 31.5, so a point at 32 + d goes to 31 - d under a half turn)."""
+    col = offsets[:, 0] + HALF
+    row = offsets[:, 1] + HALF
+    last = INPUT_SIZE - 1
+    if mirrored:
+        col = last - col
+    for _ in range(quarter_turns % 4):
+        row, col = last - col, row
+    return torch.stack([col - HALF, row - HALF], dim=1)
+
+
+@torch.no_grad()
+def predict_offsets(net: CentringNet, windows: np.ndarray, device: str | torch.device = "cpu", batch_size: int = 512) -> np.ndarray:
+    """(N, 2) offsets (dx, dy), resampled px, of the particle centre from each window's index 32:
+    the mean of the window's prediction and its half turn's (mapped back)."""
+    net.eval()
+    out = np.zeros((len(windows), 2), np.float32)
+    for start in range(0, len(windows), batch_size):
+        batch = torch.from_numpy(windows[start : start + batch_size]).to(device)[:, None]
+        direct = net(batch)
+        turned = transform_offsets(net(torch.rot90(batch, 2, dims=(-2, -1))), 2, False)
+        out[start : start + len(batch)] = (0.5 * (direct + turned)).float().cpu().numpy()
+    return out
+
+
+def recentre(net: CentringNet, image: np.ndarray, x: np.ndarray, y: np.ndarray, max_shift: float = MAX_SHIFT,
+             device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """New positions (x, y) of picks at resampled pixels (x, y) of a preprocessed ``image`` (a box
+    spans 64 px): each moved by the predicted offset of its particle's centre, at most ``max_shift``
+    x box (64 px)."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    if x.size == 0:
+        return x.copy(), y.copy()
+    windows, wx, wy = cut_windows(image, x, y)
+    offsets = predict_offsets(net, windows, device)
+    nx, ny = wx + offsets[:, 0].astype(float), wy + offsets[:, 1].astype(float)
+    dx, dy = nx - x, ny - y
+    dist = np.hypot(dx, dy)
+    limit = max_shift * INPUT_SIZE
+    shrink = np.where(dist > limit, limit / np.maximum(dist, 1e-12), 1.0)
+    return x + shrink * dx, y + shrink * dy
+
+
+def default_centring_path() -> Path:
+    """The shipped centring network."""
+    return Path(str(resources.files("deeppicker_relion") / "pretrained" / "centring.safetensors"))
+
+
+def save_centring(net: CentringNet, path: str | Path, metadata: dict | None = None) -> None:
+    """Save a centring network as safetensors, atomically, with its architecture, normalisation and
+    ``metadata`` (JSON)."""
+    from safetensors.torch import save_file
+
+    info = dict(metadata or {})
+    info["normalisation"] = net.normalisation
+    meta = {"architecture": ARCHITECTURE, "input_size": str(INPUT_SIZE), "info": json.dumps(info, sort_keys=True)}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def load_centring(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[CentringNet, dict]:
+    """Load a centring network (default: the shipped one) -> (network in eval mode, metadata).
+    Raises :class:`JobError` naming the file if it is missing, unreadable or not a centring network."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path) if path is not None else default_centring_path()
+    if not path.is_file():
+        raise JobError("centring weights file not found", path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            state = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise JobError(f"corrupt or unreadable safetensors weights ({err})", path) from None
+    if meta.get("architecture") != ARCHITECTURE:
+        raise JobError(f"not a centring network (architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r})", path)
+    try:
+        info = json.loads(meta.get("info", "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    net = CentringNet()
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise JobError(f"weights do not fit the centring network ({str(err).strip().splitlines()[0]})", path) from None
+    normalisation = info.get("normalisation", "local")
+    if normalisation not in NORMALISATIONS:
+        raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
+    net.normalisation = normalisation
+    return net.to(device).eval(), info
+
+
+def shipped_centring_for(normalisation: str, device: str | torch.device = "cpu") -> CentringNet | None:
+    """The shipped centring network if it reads micrographs normalised as ``normalisation`` (the
+    classifier's) and is installed; else None (picks keep the score map's centres)."""
+    path = default_centring_path()
+    if not path.is_file():
+        return None
+    net, _ = load_centring(path, device)
+    return net if net.normalisation == normalisation else None
+
+
+def attach_centring(model: nn.Module, net: CentringNet | None) -> None:
+    """Give a classifier the centring network its picks use (None: none). Kept outside the
+    classifier's modules, so its weights file, state dict and fine-tuning are unaffected."""
+    model.__dict__["centring"] = net
+
+
+def attached_centring(model: nn.Module) -> CentringNet | None:
+    """The centring network attached to a classifier (:func:`attach_centring`; load_model attaches
+    the shipped one where it fits), or None."""
+    return model.__dict__.get("centring")
