@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import JobError
 from .io.atomic import atomic_path
-from .model import DeepPickerWide
+from .model import DeepPickerWide, read_safetensors
 from .preprocess import INPUT_SIZE, NORMALISATIONS
 
 HALF = INPUT_SIZE // 2
@@ -143,23 +143,12 @@ def save_centring(net: CentringNet, path: str | Path, metadata: dict | None = No
 def load_centring(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[CentringNet, dict]:
     """Load a centring network (default: the shipped one) -> (network in eval mode, metadata).
     Raises :class:`JobError` naming the file if it is missing, unreadable or not a centring network."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path) if path is not None else default_centring_path()
     if not path.is_file():
         raise JobError("centring weights file not found", path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            state = {k: handle.get_tensor(k) for k in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise JobError(f"corrupt or unreadable safetensors weights ({err})", path) from None
+    state, meta, info = read_safetensors(path)
     if meta.get("architecture") != ARCHITECTURE:
         raise JobError(f"not a centring network (architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r})", path)
-    try:
-        info = json.loads(meta.get("info", "{}"))
-    except json.JSONDecodeError:
-        info = {}
     net = CentringNet()
     try:
         net.load_state_dict(state, strict=True)

@@ -221,6 +221,24 @@ def default_weights_path() -> Path:
     return Path(str(resources.files("deeppicker_relion") / "pretrained" / "general.safetensors"))
 
 
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """(tensors, metadata, the metadata's "info" JSON or {}) of a safetensors weights file (no
+    pickle). Raises :class:`JobError` naming the file if it cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            state = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise JobError(f"corrupt or unreadable safetensors weights ({err})", path) from None
+    try:
+        info = json.loads(meta.get("info", "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    return state, meta, info if isinstance(info, dict) else {}
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[DeepPickerNet, dict]:
     """Load a weights file (default: the shipped general model) -> (model in eval mode, metadata).
 
@@ -236,19 +254,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     info: dict = {}
     architecture = DeepPickerNet.architecture
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                state = {k: handle.get_tensor(k) for k in handle.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise JobError(f"corrupt or unreadable safetensors weights ({err})", path) from None
+        state, meta, info = read_safetensors(path)
         architecture = meta.get("architecture", architecture)
-        try:
-            info = json.loads(meta.get("info", "{}"))
-        except json.JSONDecodeError:
-            info = {}
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
