@@ -16,7 +16,8 @@ Steps (DeepPicker 2016, with the authors' code's bugs fixed):
 4. refine: a parabola through each peak and its neighbours, on the score map smoothed over
    ``refine_sigma`` x box, gives the sub-grid centre; then, when a centring network is given
    (:mod:`.centring`; the shipped one for the shipped model) and ``recentre`` is on, each candidate
-   moves to the centre that network reads from the micrograph around it;
+   moves to the centre that network reads from the micrograph around it (of two that end closer than
+   ``peak_window / 2`` x box, the better one stays);
 5. sort by score; keep those above ``threshold``, at most ``max_picks`` per micrograph.
 
 Candidates down to ``floor`` are kept by :func:`find_candidates` so that picks can be re-thresholded
@@ -270,6 +271,9 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     xr, yr = score_map.centres(fr, fc)
     if centring is not None and params.recentre and xr.size:
         xr, yr = recentre(centring, pre.image, xr, yr, device=device)
+        # two candidates may have moved towards one particle: keep the spacing (the better one)
+        keep = np.sort(_nms(yr / score_map.step, xr / score_map.step, values, 0.5 * params.peak_window * cells_per_box))
+        xr, yr, values = xr[keep], yr[keep], values[keep]
     if params.outlier_fraction < 1 and xr.size:
         ok = _outlier_fraction(pre.image, xr, yr, params.outlier_sigma) <= params.outlier_fraction
         xr, yr, values = xr[ok], yr[ok], values[ok]

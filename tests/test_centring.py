@@ -23,8 +23,8 @@ from deeppicker_relion.centring import (
 from deeppicker_relion.errors import JobError
 from deeppicker_relion.model import DeepPickerNet, default_weights_path, load_model, save_model
 from deeppicker_relion.picking import PickParams, find_candidates
-from deeppicker_relion.preprocess import preprocess
-from deeppicker_relion.scoring import score_map_dense
+from deeppicker_relion.preprocess import Preprocessed, preprocess
+from deeppicker_relion.scoring import ScoreMap, score_map_dense
 from deeppicker_relion.simulate import estimate_diameter_A, simulate_micrograph, synthetic_molecule
 
 PIXEL = 4.0
@@ -171,3 +171,19 @@ def test_find_candidates_recentres_only_when_asked(unseen_micrographs) -> None:
     np.testing.assert_array_equal(off[["x", "y"]], plain[["x", "y"]])
     moved = np.hypot(on["x"] - off["x"], on["y"] - off["y"]) / box
     assert moved.max() <= 0.15 + 1e-6 and moved.mean() > 0.005
+
+
+def test_candidates_moved_together_keep_their_spacing() -> None:
+    """Two peaks 0.5 box apart both move towards one particle between them: the better one stays,
+    so picked centres remain >= 0.4 box apart after centring, as without it."""
+    logits = np.full((40, 40), -6.0, np.float32)
+    logits[20, 16], logits[20, 24] = 3.0, 2.0  # windows centred at x = 96 and 128 px, y = 112 px
+    image = np.zeros((220, 220), np.float32)
+    image[112, 112] = 5.0
+    pre = Preprocessed(image, (1.0, 1.0), image.shape)
+    params = PickParams(clean=False, outlier_fraction=1.0, dark_sigma=0, refine=False)
+    apart = find_candidates(ScoreMap(logits, 4), pre, params)
+    moved = find_candidates(ScoreMap(logits, 4), pre, params, BrightestPixel())
+    assert len(apart) == 2 and len(moved) == 1
+    assert moved.loc[0, "score"] == apart.loc[0, "score"]
+    assert (moved.loc[0, "x"], moved.loc[0, "y"]) == pytest.approx((96 + 0.15 * 64, 112.0))
