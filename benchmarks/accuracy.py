@@ -817,6 +817,17 @@ def section_sizecheck(results: dict) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
+def selection_and_heldout_sets() -> dict[str, pd.DataFrame]:
+    """The selection micrographs (the recipe's "rule" split of random molecules and random cages,
+    exact centres, none a benchmarked molecule) and every held-out set (apoferritin at 78 px)."""
+    selection = pd.concat([recipe.simulate_split(m, "rule") for m in (recipe.SYNTHETIC, recipe.CAGES)], ignore_index=True)
+    sets = {"selection (random molecules and cages)": selection[selection["name"].str.startswith("mic_")].reset_index(drop=True)}
+    sets.update({mol: sim_test(mol) for mol in recipe.molecules()})
+    sets["ribosome (real)"] = ribosome()
+    sets["apoferritin (real), box 78 px"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
+    return sets
+
+
 REFINE_SIGMAS = (0.0, 0.03, 0.044, 0.06, 0.08)  # PickParams.refine_sigma, fractions of the box
 
 
@@ -860,11 +871,7 @@ def section_refine(results: dict) -> None:
     the held-out sets are reported for the choice made there."""
     print("\n## Sub-grid refinement: smoothing of the score map (PickParams.refine_sigma)\n")
     model = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
-    selection = pd.concat([recipe.simulate_split(m, "rule") for m in (recipe.SYNTHETIC, recipe.CAGES)], ignore_index=True)
-    sets = {"selection (random molecules and cages)": selection[selection["name"].str.startswith("mic_")].reset_index(drop=True)}
-    sets.update({mol: sim_test(mol) for mol in recipe.molecules()})
-    sets["ribosome (real)"] = ribosome()
-    sets["apoferritin (real), box 78 px"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
+    sets = selection_and_heldout_sets()
     print("| set | " + " | ".join(f"sigma {s:g}: F1 / centre err" for s in REFINE_SIGMAS) + " |")
     print("|---|" + "---|" * len(REFINE_SIGMAS))
     out, notes = results.setdefault("refine", {}), []
@@ -894,11 +901,7 @@ def section_centring(results: dict) -> None:
     if net is None:
         print("no centring network fits this model (normalisation %r): nothing to compare" % model.normalisation)
         return
-    selection = pd.concat([recipe.simulate_split(m, "rule") for m in (recipe.SYNTHETIC, recipe.CAGES)], ignore_index=True)
-    sets = {"selection (random molecules and cages)": selection[selection["name"].str.startswith("mic_")].reset_index(drop=True)}
-    sets.update({mol: sim_test(mol) for mol in recipe.molecules()})
-    sets["ribosome (real)"] = ribosome()
-    sets["apoferritin (real), box 78 px"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
+    sets = selection_and_heldout_sets()
     print("| set | off: P / R / F1 / centre err | on: P / R / F1 / centre err | seconds per micrograph, off / on |")
     print("|---|---|---|---|")
     out, notes = results.setdefault("centring", {}), []

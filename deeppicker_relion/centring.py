@@ -20,7 +20,6 @@ normalised as they were trained (``normalisation`` in their metadata); ``PickPar
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -29,8 +28,7 @@ import torch
 from torch import nn
 
 from .errors import JobError
-from .io.atomic import atomic_path
-from .model import DeepPickerWide, read_safetensors
+from .model import DeepPickerWide, read_safetensors, write_safetensors
 from .preprocess import INPUT_SIZE, NORMALISATIONS
 
 HALF = INPUT_SIZE // 2
@@ -131,14 +129,7 @@ def default_centring_path() -> Path:
 def save_centring(net: CentringNet, path: str | Path, metadata: dict | None = None) -> None:
     """Save a centring network as safetensors, atomically, with its architecture, normalisation and
     ``metadata`` (JSON)."""
-    from safetensors.torch import save_file
-
-    info = dict(metadata or {})
-    info["normalisation"] = net.normalisation
-    meta = {"architecture": ARCHITECTURE, "input_size": str(INPUT_SIZE), "info": json.dumps(info, sort_keys=True)}
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    write_safetensors(net, path, {**(metadata or {}), "normalisation": net.normalisation})
 
 
 def load_centring(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[CentringNet, dict]:

@@ -198,13 +198,11 @@ def build_model(architecture: str = "deeppicker2016") -> DeepPickerNet:
     return ARCHITECTURES[architecture]()
 
 
-def save_model(model: DeepPickerNet, path: str | Path, metadata: dict | None = None) -> None:
-    """Save weights as safetensors, atomically, with the architecture and ``metadata`` (JSON)."""
+def write_safetensors(model: nn.Module, path: str | Path, info: dict) -> None:
+    """Write ``model``'s weights as safetensors, atomically (temp file + rename), with its
+    ``architecture``, the input size and ``info`` (JSON) as metadata."""
     from safetensors.torch import save_file
 
-    info = dict(metadata or {})
-    info.setdefault("augment", int(getattr(model, "augment", 1)))
-    info["normalisation"] = getattr(model, "normalisation", DEFAULT_NORMALISATION)
     meta = {
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,
@@ -214,6 +212,14 @@ def save_model(model: DeepPickerNet, path: str | Path, metadata: dict | None = N
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
+
+
+def save_model(model: DeepPickerNet, path: str | Path, metadata: dict | None = None) -> None:
+    """Save weights as safetensors, atomically, with the architecture and ``metadata`` (JSON)."""
+    info = dict(metadata or {})
+    info.setdefault("augment", int(getattr(model, "augment", 1)))
+    info["normalisation"] = getattr(model, "normalisation", DEFAULT_NORMALISATION)
+    write_safetensors(model, path, info)
 
 
 def default_weights_path() -> Path:

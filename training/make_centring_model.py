@@ -176,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = CentringRecipe()
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in asdict(r):
-            parser.error(f"unknown recipe field {key!r}; known: {', '.join(asdict(r))}")
-        setattr(r, key, type(getattr(r, key))(value))
+    r = recipe.parse_overrides(args.set, CentringRecipe())
     net, info = train_centring(args.init, r)
     output = args.output or default_centring_path()
     save_centring(net, output, info)

@@ -732,10 +732,11 @@ def make_model(
     return info
 
 
-def parse_overrides(items: list[str], base: Recipe | None = None) -> Recipe:
-    """``FIELD=VALUE`` strings -> a copy of ``base`` (default: the recipe) with those fields changed."""
-    recipe = Recipe(**asdict(base)) if base is not None else Recipe()
-    types = {f.name: type(getattr(recipe, f.name)) for f in fields(Recipe)}
+def parse_overrides(items: list[str], base=None):
+    """``FIELD=VALUE`` strings -> a copy of ``base`` (a recipe dataclass; default: :class:`Recipe`)
+    with those fields changed."""
+    recipe = copy.copy(base) if base is not None else Recipe()
+    types = {f.name: type(getattr(recipe, f.name)) for f in fields(recipe)}
     for item in items:
         key, _, value = item.partition("=")
         if key not in types:
