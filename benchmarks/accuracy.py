@@ -3,7 +3,7 @@ contamination, the size check, self-training / semi-automated training, and Topa
 (markdown tables); not a timed test.
 
     python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
-    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, shipped, empty, contamination, centres, refine, centring, diameter, sizecheck, finetune, topaz
+    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, snr, shipped, empty, contamination, centres, refine, centring, diameter, sizecheck, finetune, topaz
     python benchmarks/accuracy.py --no-train       # use only fold models that exist
 
 Held-out sets (never used to train or calibrate the model that picks them):
@@ -231,39 +231,59 @@ HEADER = ("| held-out set | mics | particles | picks | precision | recall | F1 |
 # --------------------------------------------------------------------------------------------------
 
 
+def size_checked(model: DeepPickerNet, index: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """The set as ``deeppicker pick`` picks it at its defaults: the size check (``auto``) run on it as
+    one job (its first, middle and last micrograph), and the set's diameters x the factor used. The
+    match radius and centre-error unit stay 0.2 x / 1 x the set's own diameter (``eval_diameter_px``)."""
+    from deeppicker_relion.sizecheck import DEFAULT_MODE, check_size, factor_to_use
+
+    truth = index if "eval_diameter_px" in index.columns else index.assign(eval_diameter_px=index["diameter_px"])
+    mics, size = _size_job(truth, 1.0)
+    factor = factor_to_use(check_size(mics, model, size), DEFAULT_MODE, model)
+    return truth.assign(diameter_px=truth["diameter_px"] * factor), factor
+
+
+def _size_note(name: str, factor: float) -> str:
+    return name if factor == 1.0 else f"{name} (size check: picked at x {factor:.2f})"
+
+
 def section_lomo(results: dict, allow_train: bool) -> None:
-    print("\n## Leave-one-molecule-out (default threshold 0.5)\n")
+    print("\n## Leave-one-molecule-out (default threshold 0.5; the size check as a job, default 'auto')\n")
     print(HEADER)
     for mol in recipe.molecules():
         model = fold_model(mol, allow_train)
         if model is None:
             continue
-        idx = sim_test(mol)
+        idx, factor = size_checked(model, sim_test(mol))
         cands, sec = pick_candidates(model, idx)
         m = metrics(cands, idx)
         m["seconds_per_micrograph"] = sec
         m["topn"] = topn_table(cands, idx).round(3).to_dict("list")
+        m["size_factor"] = factor
         results.setdefault("lomo", {})[mol] = m
-        print(fmt_row(mol, m), flush=True)
+        print(fmt_row(_size_note(mol, factor), m), flush=True)
         _per_snr(results, mol, cands, idx)
     model = fold_model("ribosome", allow_train)
     if model is not None:
-        idx = ribosome()
+        idx, factor = size_checked(model, ribosome())
         cands, sec = pick_candidates(model, idx)
         m = metrics(cands, idx)
         m["topn"] = topn_table(cands, idx).round(3).to_dict("list")
+        m["size_factor"] = factor
         results.setdefault("lomo", {})["ribosome (real)"] = m
-        print(fmt_row("ribosome (real, labels incomplete)", m), flush=True)
+        print(fmt_row(_size_note("ribosome (real, labels incomplete)", factor), m), flush=True)
     for holdout in (["all"] if SINGLE_MODEL is not None else recipe.molecules() + ["ribosome"]):
         model = fold_model(holdout, False)
         if model is None:
             continue
         for box in (APOFERRITIN_DIAMETER_PX, APOFERRITIN_OUTER_DIAMETER_PX):
-            idx = apoferritin(box)
+            idx, factor = size_checked(model, apoferritin(box))
             cands, _ = pick_candidates(model, idx)
             m = metrics(cands, idx)
+            m["size_factor"] = factor
             results.setdefault("apoferritin_by_fold", {})[f"{holdout} box {box:g}"] = m
-            print(fmt_row(f"apoferritin (real), box {box:g} px, fold model without {holdout}", m), flush=True)
+            print(fmt_row(_size_note(f"apoferritin (real), box {box:g} px, fold model without {holdout}", factor), m),
+                  flush=True)
     plain = [(k, v["plain"]) for k, v in {**results.get("lomo", {}), **results.get("apoferritin_by_fold", {})}.items()
              if "plain" in v]  # fmt: skip
     if plain:
@@ -282,6 +302,76 @@ def _per_snr(results: dict, mol: str, cands: dict, idx: pd.DataFrame) -> None:
     results.setdefault("lomo_by_snr", {})[mol] = out
     print("|  by SNR: " + "; ".join(f"{k}: n={v['n_micrographs']} P {v['precision']:.2f} R {v['recall']:.2f} "
                                      f"F1 {v['f1']:.2f}" for k, v in out.items()) + " | | | | | | | | | |")  # fmt: skip
+
+
+NETWORK_SNR_BINS = (0.0, 0.15, 0.3, 0.6, np.inf)
+
+
+def network_snr(sim, diameter_px: float) -> float:
+    """SNR the network sees: the simulation's noise-free signal and its stochastic noise, each
+    resampled and band-passed as preprocessing does (so the box spans 64 px), then the variance of
+    the signal inside the particles' discs over the variance of the noise. The simulator's SNR is
+    the same ratio at the micrograph's own pixel size, before any filtering."""
+    from deeppicker_relion.preprocess import INPUT_SIZE, _fourier_resample, box_scale, resampled_shape
+    from deeppicker_relion.simulate import _disc_mask
+
+    shape = resampled_shape(sim.image.shape, box_scale(diameter_px))
+    signal = _fourier_resample(sim.signal - sim.signal.mean(), shape, INPUT_SIZE)
+    noise = _fourier_resample(sim.noise - sim.noise.mean(), shape, INPUT_SIZE)
+    scale = np.array([shape[1] / sim.image.shape[1], shape[0] / sim.image.shape[0]])
+    centres = sim.centres[["x", "y"]].to_numpy(float) * scale
+    inside = _disc_mask(shape, centres, np.full(len(centres), INPUT_SIZE / 2))
+    return float(signal[inside].var() / noise.var())
+
+
+def section_snr(results: dict, allow_train: bool) -> None:
+    """Recall against the SNR the network sees (:func:`network_snr`), per test micrograph of each
+    simulated molecule (re-simulated with its own seed to separate signal and noise), picked as in
+    the leave-one-molecule-out table. Top-N recall (the N best candidates, N = particles) shows
+    whether the particles are ranked first at all, whatever the threshold."""
+    print("\n## Recall by the SNR the network sees (simulated held-out sets)\n")
+    rows = []
+    for mol in recipe.molecules():
+        model = fold_model(mol, allow_train)
+        if model is None:
+            continue
+        idx = sim_test(mol)
+        cands, _ = pick_candidates(model, idx)
+        refs, box = references(idx), boxes(idx)
+        for i, row in idx.iterrows():
+            number = int(row["name"].rsplit("_", 1)[1])
+            cond, sim = recipe.simulate_parts(mol, "test", "mic", number, False)
+            if abs(cond.snr - float(row["snr"])) > 1e-9:
+                raise RuntimeError(f"{row['name']}: re-simulation differs from the cached micrograph")
+            ref, c = refs[row["name"]], cands[row["name"]]
+            picks = default_picks(c)
+            hits = match(picks, ref, MATCH_RADIUS * box[row["name"]])[0] >= 0
+            top = c.sort_values("score", ascending=False, kind="stable").head(len(ref))
+            top_hits = match(top, ref, MATCH_RADIUS * box[row["name"]])[0] >= 0
+            rows.append(dict(molecule=mol, name=row["name"], diameter_px=float(row["diameter_px"]), snr=float(row["snr"]),
+                             network_snr=network_snr(sim, float(row["diameter_px"])), particles=len(ref),
+                             picks=len(picks), tp=int(hits.sum()), topn_tp=int(top_hits.sum())))  # fmt: skip
+    if not rows:
+        return
+    table = pd.DataFrame(rows).sort_values("network_snr", kind="stable")
+    print("| micrograph | diameter (px) | SNR (simulated) | SNR (network) | particles | picks | recall | precision | top-N recall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in table.itertuples():
+        print(f"| {r.name} | {r.diameter_px:g} | {r.snr:.3f} | {r.network_snr:.3f} | {r.particles} | {r.picks} | "
+              f"{r.tp / r.particles:.2f} | {r.tp / max(1, r.picks):.2f} | {r.topn_tp / r.particles:.2f} |")
+    print("\nPooled by the SNR the network sees:\n")
+    print("| SNR (network) | micrographs | particles | recall | precision | top-N recall |")
+    print("|---|---|---|---|---|---|")
+    pooled = {}
+    for lo, hi in zip(NETWORK_SNR_BINS[:-1], NETWORK_SNR_BINS[1:]):
+        sub = table[(table["network_snr"] >= lo) & (table["network_snr"] < hi)]
+        if not len(sub):
+            continue
+        n, tp, picks, top = sub["particles"].sum(), sub["tp"].sum(), sub["picks"].sum(), sub["topn_tp"].sum()
+        pooled[f"{lo:g}-{hi:g}"] = dict(micrographs=len(sub), particles=int(n), recall=tp / n,
+                                        precision=tp / max(1, picks), topn_recall=top / n)
+        print(f"| {lo:g}-{hi:g} | {len(sub)} | {n} | {tp / n:.3f} | {tp / max(1, picks):.3f} | {top / n:.3f} |")
+    results["snr"] = dict(micrographs=table.to_dict("records"), pooled=pooled)
 
 
 def section_shipped(results: dict) -> None:
@@ -638,13 +728,14 @@ def section_topaz(results: dict) -> None:
         model = load_model(WEIGHTS)[0] if shipped else fold_model(holdout, False)
         if tz is None or model is None:
             continue
-        cands, _ = pick_candidates(model, idx)
-        ours = metrics(cands, idx)
+        checked, factor = size_checked(model, idx)  # ours as `deeppicker pick` runs by default
+        cands, _ = pick_candidates(model, checked)
+        ours = metrics(cands, checked) | {"size_factor": factor}
         # Topaz scores are logits: threshold 0 = probability 0.5, as our default
         theirs = metrics(tz, idx, threshold=0.0)
         results.setdefault("topaz", {})[name] = dict(deeppicker=ours, topaz=theirs)
-        print(f"| {name} | {ours['f1']:.3f} | {ours['best_f1']:.3f} | {ours['topn_f1']:.3f} | {theirs['f1']:.3f} | "
-              f"{theirs['best_f1']:.3f} | {theirs['topn_f1']:.3f} |", flush=True)  # fmt: skip
+        print(f"| {_size_note(name, factor)} | {ours['f1']:.3f} | {ours['best_f1']:.3f} | {ours['topn_f1']:.3f} | "
+              f"{theirs['f1']:.3f} | {theirs['best_f1']:.3f} | {theirs['topn_f1']:.3f} |", flush=True)  # fmt: skip
 
 
 DIAMETER_FACTORS = (0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 2.0)
@@ -760,13 +851,14 @@ def _size_job(index: pd.DataFrame, factor: float) -> tuple[pd.DataFrame, Particl
 
 
 def section_sizecheck(results: dict) -> None:
-    """The size check (deeppicker_relion/sizecheck.py, on by default): (1) on selection micrographs
-    (the rule split: random molecules and cages, and empty micrographs; one micrograph per check,
-    a harder case than a job's three), how often it moves a right diameter, moves an empty
-    micrograph, or brings a wrong one back within x 0.8-1.25; (2) on every held-out set, checked as
-    a job (its first, middle and last micrograph) given its diameter x SIZE_FACTORS: the factor
-    found, and F1 at the defaults picking at the given and at the found size."""
-    from deeppicker_relion.sizecheck import check_size
+    """The size check (deeppicker_relion/sizecheck.py): (1) on selection micrographs (the rule
+    split: random molecules and cages, and empty micrographs; one micrograph per check, a harder
+    case than a job's three), how often the search ('adopt') and the strong search ('auto', the
+    default) move a right diameter, move an empty micrograph, or bring a wrong one back within x
+    0.8-1.25; (2) on every held-out set, checked as a job (its first, middle and last micrograph)
+    given its diameter x SIZE_FACTORS: the factors found, and F1 at the defaults picking at the
+    given size and at each size found."""
+    from deeppicker_relion.sizecheck import DEFAULT_MODE, check_size, factor_to_use
 
     model = load_model(WEIGHTS if SINGLE_MODEL is None else SINGLE_MODEL)[0]
     print("\n## Size check\n")
@@ -775,32 +867,38 @@ def section_sizecheck(results: dict) -> None:
     part = rule[~rule["empty"].astype(bool)].iloc[::SIZE_SELECTION_STRIDE]
     empty = rule[rule["empty"].astype(bool)].iloc[::SIZE_SELECTION_STRIDE]
     print(f"Selection micrographs, each checked alone: {len(part)} with particles, {len(empty)} empty. Size found "
-          "vs the particle's: closer (within x 0.8-1.25 of it), closer (still outside), the same, further\n")
-    print("| given diameter x | closer, within x 0.8-1.25 | closer, outside | unchanged | further | empty micrographs moved |")
-    print("|---|---|---|---|---|---|")
+          "vs the particle's: closer (within x 0.8-1.25 of it), closer (still outside), the same, further; "
+          f"'adopt' picks at the search's size, '{DEFAULT_MODE}' (the default) at the strong search's\n")
+    print("| given diameter x | search | closer, within x 0.8-1.25 | closer, outside | unchanged | further | empty micrographs moved |")
+    print("|---|---|---|---|---|---|---|")
     out = results.setdefault("sizecheck", {"selection": {}, "held_out": {}})
 
-    def found_factor(rows: pd.DataFrame, f: float) -> float:
+    def found_factors(rows: pd.DataFrame, f: float) -> dict[str, float]:
         mics, size = _size_job(rows, f)
-        return f * check_size(mics, model, size).factor
+        check = check_size(mics, model, size)
+        return {"adopt": f * factor_to_use(check, "adopt", model), DEFAULT_MODE: f * factor_to_use(check, DEFAULT_MODE, model)}
 
     for f in SIZE_FACTORS:
-        found = [found_factor(part.iloc[[i]], f) for i in range(len(part))]
-        off = [abs(np.log(g)) - abs(np.log(f)) for g in found]
-        within = sum(1 for g, d in zip(found, off) if d < -1e-9 and 0.8 <= g <= 1.25)
-        closer = sum(1 for d in off if d < -1e-9) - within
-        same = sum(1 for g in found if abs(g - f) < 1e-9)
-        further = len(found) - within - closer - same
-        moved_empty = sum(1 for i in range(len(empty)) if found_factor(empty.iloc[[i]], f) != f)
-        out["selection"][f"{f:g}"] = dict(found=found, within=within, closer=closer, same=same, further=further,
-                                          moved_empty=moved_empty, n_empty=len(empty))
-        print(f"| {f:g} | {within} | {closer} | {same} | {further} | {moved_empty} / {len(empty)} |", flush=True)
+        found = [found_factors(part.iloc[[i]], f) for i in range(len(part))]
+        found_empty = [found_factors(empty.iloc[[i]], f) for i in range(len(empty))]
+        for mode in ("adopt", DEFAULT_MODE):
+            got = [g[mode] for g in found]
+            off = [abs(np.log(g)) - abs(np.log(f)) for g in got]
+            within = sum(1 for g, d in zip(got, off) if d < -1e-9 and 0.8 <= g <= 1.25)
+            closer = sum(1 for d in off if d < -1e-9) - within
+            same = sum(1 for g in got if abs(g - f) < 1e-9)
+            further = len(got) - within - closer - same
+            moved_empty = sum(1 for g in found_empty if g[mode] != f)
+            out["selection"][f"{f:g} {mode}"] = dict(found=got, within=within, closer=closer, same=same,
+                                                    further=further, moved_empty=moved_empty, n_empty=len(empty))
+            print(f"| {f:g} | {mode} | {within} | {closer} | {same} | {further} | {moved_empty} / {len(empty)} |", flush=True)
     sets = {mol: sim_test(mol) for mol in recipe.molecules()}
     sets["ribosome"] = ribosome()
     sets["apoferritin"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX)
     sets["apoferritin, Topaz's 6"] = apoferritin(APOFERRITIN_OUTER_DIAMETER_PX).iloc[:6]
-    print("\nHeld-out sets, checked as a job: size found (x the particle's diameter); F1 at the defaults at the "
-          "given size -> at the size found\n")
+    print("\nHeld-out sets, checked as a job: size found (x the particle's diameter) by the search ('adopt') and "
+          f"by the strong search ('{DEFAULT_MODE}'); F1 at the defaults at the given size -> at the size found -> at "
+          "the strong search's size\n")
     print("| held-out set | " + " | ".join(f"given x {f:g}" for f in SIZE_FACTORS) + " |")
     print("|---|" + "---|" * len(SIZE_FACTORS))
     for name, idx in sets.items():
@@ -808,12 +906,16 @@ def section_sizecheck(results: dict) -> None:
         cells = []
         for f in SIZE_FACTORS:
             mics, size = _size_job(truth, f)
-            factor = check_size(mics, model, size).factor
-            given = metrics(pick_candidates(model, truth.assign(diameter_px=truth["diameter_px"] * f))[0], truth)
-            after = given if factor == 1.0 else metrics(
-                pick_candidates(model, truth.assign(diameter_px=truth["diameter_px"] * f * factor))[0], truth)
-            out["held_out"].setdefault(name, {})[f"{f:g}"] = dict(found=f * factor, f1_given=given["f1"], f1_found=after["f1"])
-            cells.append(f"x {f * factor:.2f}: {given['f1']:.3f} -> {after['f1']:.3f}")
+            check = check_size(mics, model, size)
+            factors = {"adopt": factor_to_use(check, "adopt", model), DEFAULT_MODE: factor_to_use(check, DEFAULT_MODE, model)}
+            f1 = {}
+            for g in sorted({1.0, *factors.values()}):
+                f1[g] = metrics(pick_candidates(model, truth.assign(diameter_px=truth["diameter_px"] * f * g))[0], truth)["f1"]
+            out["held_out"].setdefault(name, {})[f"{f:g}"] = dict(
+                found=f * factors["adopt"], found_strong=f * factors[DEFAULT_MODE], f1_given=f1[1.0],
+                f1_found=f1[factors["adopt"]], f1_strong=f1[factors[DEFAULT_MODE]])  # fmt: skip
+            cells.append(f"x {f * factors['adopt']:.2f} / x {f * factors[DEFAULT_MODE]:.2f}: {f1[1.0]:.3f} -> "
+                         f"{f1[factors['adopt']]:.3f} / {f1[factors[DEFAULT_MODE]]:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -931,7 +1033,7 @@ def section_centring(results: dict) -> None:
     print("\n".join(notes))
 
 
-SECTIONS = ("rule", "lomo", "shipped", "empty", "contamination", "centres", "refine", "centring", "diameter",
+SECTIONS = ("rule", "lomo", "snr", "shipped", "empty", "contamination", "centres", "refine", "centring", "diameter",
             "sizecheck", "finetune", "topaz")
 
 
@@ -972,6 +1074,8 @@ def main(argv: list[str] | None = None) -> int:
             section_rule(results)
         elif section == "lomo":
             section_lomo(results, allow_train)
+        elif section == "snr":
+            section_snr(results, allow_train)
         elif section == "shipped":
             section_shipped(results)
         elif section == "empty":

@@ -19,8 +19,18 @@ empty micrographs never move the size, and no box under ``MIN_BOX_PX`` is tried.
 is a factor on the given one; coordinates stay in pixels of the original micrographs. Measured
 (``benchmarks/accuracy.py --only sizecheck``, MODEL_CARD.md "Size check"): it finds the size of
 held-out particles given 0.73 x (apoferritin's inner ring), 1.5 x or 2 x their diameter more
-often than not, but it also moves some right sizes of single random-molecule micrographs, so by
-default (``warn``) it only reports the size it finds.
+often than not, but it also moves some right sizes of single random-molecule micrographs of low
+SNR, where a handful of candidates decide.
+
+Modes: ``adopt`` picks at the size found; ``warn`` logs it and picks at the given size; ``auto``
+(the default) repeats the search upwards only, demanding ``STRONG_PER_MICROGRAPH`` confident
+candidates per sample micrograph at every step, and picks at the larger size that search finds if
+the model is a cross-molecule one (calibrated by the general recipe: ``model.augment_calibration``;
+a model trained on a user's micrographs is calibrated on fewer and only warns); otherwise it warns
+as ``warn`` does; ``off`` skips the check. Upwards only, because on selection micrographs every
+wrong move was to a smaller size (a box too small sees fragments of particles and noise as
+particles; one too large rarely yields more), while a larger size was found only where the given
+one was too small (a hollow particle's ring).
 """
 
 from __future__ import annotations
@@ -45,12 +55,13 @@ from .scoring import score_map_dense
 
 log = logging.getLogger(__name__)
 
-MODES = ("adopt", "warn", "off")
-DEFAULT_MODE = "warn"  # adopt moved 6 of 64 right sizes on single selection micrographs (MODEL_CARD.md)
+MODES = ("auto", "adopt", "warn", "off")
+DEFAULT_MODE = "auto"  # adopt moves right sizes of single low-SNR micrographs down (MODEL_CARD.md "Size check")
 CHECK_SCORE = 0.5  # a confident candidate
 STEP = 1.4  # sizes tried: given x STEP**k
 GAIN = 2.0  # a size must yield this many times the confident candidates to win
 MIN_PER_MICROGRAPH = 3  # ... and at least this many per sample micrograph
+STRONG_PER_MICROGRAPH = 15  # ... for the upward search whose size "auto" adopts
 MAX_STEPS = 3  # x 0.36 .. x 2.7 at most
 SAMPLES = 3  # micrographs: first, middle, last (then others, if unreadable)
 MIN_BOX_PX = 20.0  # smallest box tried (original pixels; the shipped model saw particles of 24-160 px): on
@@ -61,21 +72,26 @@ RECORD = "size_check.json"
 
 @dataclass
 class SizeCheck:
-    """Outcome: ``factor`` on the given size (1.0: keep it); ``counts``: confident candidates on
-    the sample micrographs at each factor tried; ``samples``: their paths."""
+    """Outcome: ``factor`` on the given size (1.0: keep it); ``strong_factor``: the same search
+    demanding ``STRONG_PER_MICROGRAPH`` confident candidates per micrograph (what ``auto``
+    adopts); ``counts``: confident candidates on the sample micrographs at each factor tried;
+    ``samples``: their paths."""
 
     factor: float
     counts: dict[float, int] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
+    strong_factor: float = 1.0
 
-    def describe(self, size: ParticleSize) -> str:
-        """One line for the log: what was tried and what it found."""
+    def describe(self, size: ParticleSize, factor: float | None = None) -> str:
+        """One line for the log: what was tried and what it found (``factor``: the one to name,
+        default ``self.factor``)."""
+        factor = self.factor if factor is None else factor
         tried = ", ".join(f"x {f:.2f}: {n}" for f, n in sorted(self.counts.items()))
         given = _describe_size(size)
-        if self.factor == 1.0:
+        if factor == 1.0:
             verdict = f"the given {given} gives the most"
         else:
-            verdict = f"{_describe_size(scaled_size(size, self.factor))} (given {given} x {self.factor:.2f}) gives the most"
+            verdict = f"{_describe_size(scaled_size(size, factor))} (given {given} x {factor:.2f}) gives the most"
         return (f"size check on {len(self.samples)} micrographs, candidates scoring >= {CHECK_SCORE:g} at the given "
                 f"size x factor: {tried}; {verdict}")
 
@@ -150,35 +166,58 @@ def check_size(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSi
             result.counts[key] = total
         return result.counts[key]
 
-    need = MIN_PER_MICROGRAPH * len(mics)
+    result.factor = _search(count, MIN_PER_MICROGRAPH * len(mics))
+    result.strong_factor = _search(count, STRONG_PER_MICROGRAPH * len(mics), down=False)
+    return result
+
+
+def _search(count, need: int, down: bool = True) -> float:
+    """The search of the module docstring over ``count(factor)`` (confident candidates of all
+    sample micrographs at given size x factor; None where that size cannot be tried), moving only
+    to sizes with at least ``need`` of them; ``down=False``: only to larger sizes."""
     factor, current, direction = 1.0, count(1.0), 0
     for _ in range(MAX_STEPS):
         up = count(factor * STEP)
         if direction >= 0 and up is not None and up >= GAIN * current and up >= need:
             factor, current, direction = factor * STEP, up, 1
             continue
-        if direction <= 0:
+        if direction <= 0 and down:
             down = count(factor / STEP)
             larger_gains = up is not None and up > max(current, need)
             if down is not None and down >= GAIN * current and down >= need and not larger_gains:
                 factor, current, direction = factor / STEP, down, -1
                 continue
         break
-    result.factor = round(factor, 6)
-    return result
+    return round(factor, 6)
+
+
+def cross_molecule(model: DeepPickerNet | None) -> bool:
+    """Whether ``model`` was calibrated across molecules by the general recipe (the shipped model
+    and others made by training/make_general_model.py: they carry a calibration per count of
+    test-time copies), whose size check ``auto`` trusts."""
+    return bool(getattr(model, "augment_calibration", None))
+
+
+def factor_to_use(check: SizeCheck, mode: str, model: DeepPickerNet | None) -> float:
+    """The factor a job in ``mode`` picks at (module docstring)."""
+    if mode == "adopt":
+        return check.factor
+    if mode == "auto" and cross_molecule(model):
+        return check.strong_factor
+    return 1.0
 
 
 def record_path(outdir: Path) -> Path:
     return Path(outdir) / RECORD
 
 
-def write_record(outdir: Path, given: ParticleSize, check: SizeCheck, mode: str) -> None:
+def write_record(outdir: Path, given: ParticleSize, check: SizeCheck, mode: str, used: float) -> None:
     """``OUTDIR/size_check.json``: the given size, the factor picking used, what was measured
     (``deeppicker pick --rethreshold`` reads the factor back)."""
-    used = check.factor if mode == "adopt" else 1.0
     record = {"given": {"diameter_A": given.diameter_A, "box_px": given.box_px}, "mode": mode,
-              "factor_found": check.factor, "factor_used": used, "check_score": CHECK_SCORE,
-              "counts": {f"{f:g}": n for f, n in sorted(check.counts.items())}, "samples": check.samples}
+              "factor_found": check.factor, "factor_strong": check.strong_factor, "factor_used": used,
+              "check_score": CHECK_SCORE, "counts": {f"{f:g}": n for f, n in sorted(check.counts.items())},
+              "samples": check.samples}
     write_text_atomic(record_path(outdir), json.dumps(record, indent=1) + "\n")
 
 
@@ -204,13 +243,14 @@ def apply_size_check(micrographs: pd.DataFrame, model: DeepPickerNet, size: Part
                      outdir: Path | None = None, params: PickParams = PickParams(),
                      device: str | torch.device = "cpu", reuse: bool = False,
                      picked_before: int = 0) -> tuple[ParticleSize, str | None]:
-    """Run the size check in ``mode`` (``adopt``: pick at the size found; ``warn``: log it and
-    keep the given size; ``off``) and record it in ``outdir``. Returns the size to pick at and a
-    note for the report (None when the check is off). ``reuse``: a job resumed in ``outdir`` takes
-    the size its record holds for the same given size and mode (so that every micrograph of a job,
-    and every shard, is picked at one size), else the check runs again. ``picked_before``:
-    micrographs of this job already picked; if the size to pick at differs from the one their
-    record holds, raises :class:`JobError` (the job would mix two sizes)."""
+    """Run the size check in ``mode`` (module docstring: ``auto``, ``adopt``, ``warn`` or
+    ``off``) and record it in ``outdir``. Returns the size to pick at and a note for the report
+    (None when the check is off). ``reuse``: a job resumed in ``outdir`` takes the size its record
+    holds for the same given size and mode (so that every micrograph of a job, and every shard, is
+    picked at one size), else the check runs again. ``picked_before``: micrographs of this job
+    already picked; if the size to pick at differs from the one their record holds (the given size
+    where there is no record: picked with the check off), raises :class:`JobError` (the job would
+    mix two sizes)."""
     if mode not in MODES:
         raise JobError(f"size check {mode!r}: choose one of {', '.join(MODES)}")
     record = _read_record(outdir, size) if outdir is not None else None
@@ -219,29 +259,47 @@ def apply_size_check(micrographs: pd.DataFrame, model: DeepPickerNet, size: Part
         return size, None
     if reuse and record is not None and record.get("mode") == mode:
         counts = {float(f): int(n) for f, n in record.get("counts", {}).items()}
-        check = SizeCheck(float(record["factor_found"]), counts, list(record.get("samples", [])))
+        check = SizeCheck(float(record["factor_found"]), counts, list(record.get("samples", [])),
+                          float(record.get("factor_strong", 1.0)))
+        used = float(record["factor_used"])
         log.info("size check: taken from %s (this job's earlier run)", record_path(outdir))
     else:
         check = check_size(micrographs, model, size, params, device)
-        _refuse_mixing(record, check.factor if mode == "adopt" else 1.0, picked_before, outdir, mode)
+        used = factor_to_use(check, mode, model)
+        _refuse_mixing(record, used, picked_before, outdir, mode)
         if outdir is not None:
-            write_record(outdir, size, check, mode)
+            write_record(outdir, size, check, mode, used)
+    if used != 1.0:
+        line = check.describe(size, used)
+        log.warning("%s: picking at that size (size check %r)", line, mode)
+        return scaled_size(size, used), line + "; adopted"
     line = check.describe(size)
     if check.factor == 1.0:
         log.info("%s", line)
         return size, line
-    if mode == "adopt":
-        log.warning("%s: picking at that size (size check 'adopt')", line)
-        return scaled_size(size, check.factor), line + "; adopted"
+    if mode == "auto":
+        if not cross_molecule(model):
+            why = "only a cross-molecule model's size is adopted"
+        elif check.factor < 1.0:
+            why = "only a larger size is adopted"
+        else:
+            why = "too few confident candidates to adopt it"
+        log.warning("%s: check the particle size; picking at the given one (size check 'auto': %s; 'adopt' picks "
+                    "at the size found)", line, why)
+        return size, line + f"; not adopted (size check 'auto': {why})"
     log.warning("%s: check the particle size; picking at the given one (size check 'warn'; 'adopt' picks at "
                 "the size found)", line)
     return size, line + "; not adopted (size check 'warn')"
 
 
 def _refuse_mixing(record: dict | None, factor: float, picked_before: int, outdir: Path | None, mode: str) -> None:
-    if record is None or picked_before <= 0 or abs(float(record["factor_used"]) - factor) < 1e-6:
+    """Raise if micrographs were picked before at another size than ``factor`` x the given one
+    (no record: at the given size, as with the check off)."""
+    before = float(record["factor_used"]) if record is not None else 1.0
+    if picked_before <= 0 or abs(before - factor) < 1e-6:
         return
+    how = f"size check {record.get('mode')!r}" if record is not None else "no size check recorded"
     raise JobError(
-        f"{picked_before} micrographs here were picked at the given size x {float(record['factor_used']):.2f} "
-        f"(size check {record.get('mode')!r}); size check {mode!r} would pick the others at x {factor:.2f}: pick "
-        "them all again (--overwrite) or use another output folder", record_path(outdir))
+        f"{picked_before} micrographs here were picked at the given size x {before:.2f} ({how}); size check "
+        f"{mode!r} would pick the others at x {factor:.2f}: pick them all again (--overwrite; in RELION, a new "
+        "job) or use another output folder", record_path(outdir) if outdir is not None else None)

@@ -32,6 +32,8 @@ from deeppicker_relion.errors import JobError
 
 from .job import Progress, RelionJob, make_parser, optional, run_external
 
+DEFAULT_SIZE_CHECK = "auto"  # = deeppicker_relion.sizecheck.DEFAULT_MODE (tested); that module imports torch
+
 PROGRAM = "deeppicker_relion_pick"
 SETTINGS = "deeppicker_settings"
 log = logging.getLogger("deeppicker.relion.pick")
@@ -68,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
              help="move each pick to the particle centre the shipped centring network reads around it (default "
                   "yes, with models that normalise micrographs as it does, such as the shipped one; no: keep the "
                   "score map's peaks)")
-    optional(parser, "--size_check", default="warn", metavar="MODE",
+    optional(parser, "--size_check", default=DEFAULT_SIZE_CHECK, metavar="MODE",
              help="before picking, score the first, middle and last micrograph at the given diameter and at x / / "
                   "1.4 of it; where another size finds at least twice the confident candidates (a diameter much too "
-                  "large, or a hollow particle's inner ring): warn (default: log the size found, pick at the given "
-                  "diameter), adopt (pick at the size found) or off")
+                  "large, or a hollow particle's inner ring): auto (default: pick at that size if it is larger and holds "
+                  "at least 15 of them per micrograph and the model is the shipped cross-molecule one, else warn), "
+                  "warn (log the size found, pick at the given diameter), adopt (pick at the size found) or off")
     optional(parser, "--gpu", default="", metavar="IDS",
              help="CUDA devices, e.g. 0, or 0,1 for one worker process per GPU; empty = CPU (default)")
     optional(parser, "--weights", default=None, metavar="FILE",
@@ -212,15 +215,14 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     mine = shard_rows(mics, pick.shard)
     n_done = int(mine["name"].map(pick.is_done).sum())
     if previous is not None and n_done:
-        # settings files written before dark_sigma / size_check / recentre existed: all three were off
-        before = {"dark_sigma": 0.0, "size_check": "off", "recentre": False}
+        # settings files written before dark_sigma / recentre existed: both were off. Another size_check
+        # mode is refused by apply_size_check below only if it would pick at another size.
+        before = {"dark_sigma": 0.0, "recentre": False}
         for key, what in (("particle_diameter", "particle diameter"), ("weights_sha256", "weights"),
                           ("augment", "augment setting"), ("dark_sigma", "dark_sigma setting"),
-                          ("recentre", "recentre setting"), ("size_check", "size_check setting")):
+                          ("recentre", "recentre setting")):
             old = previous.get(key, before.get(key))
-            # warn and off both pick at the given diameter; only adopt may pick at another
-            differs = (old == "adopt") != (settings[key] == "adopt") if key == "size_check" else old != settings[key]
-            if differs:
+            if old != settings[key]:
                 shown = previous.get("weights") if key == "weights_sha256" else old
                 raise JobError(
                     f"{n_done} micrographs of this job were picked with another {what} ({shown}); "

@@ -296,7 +296,8 @@ def pick_args(job: str, *extra: str) -> list[str]:
     return ["--o", job, "--in_mics", "micrographs.star", "--particle_diameter", str(DIAMETER_A), "--j", "2", *extra]
 
 
-def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, shipped: Path, capsys) -> None:
+def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, shipped: Path, capsys,
+                                                               monkeypatch) -> None:
     job_dir = project / "External/job003"
     code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.3"), capsys)
     assert code == 0, err
@@ -344,14 +345,25 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
                                                            "--recentre", "no"), capsys)  # fmt: skip
     assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
     assert len(err.strip().splitlines()) == 1 and "recentre setting" in err and "new job" in err
-    # ... nor a size check that may pick at another size; 'off' picks at the given one, as 'warn' did
+    # ... nor a size check that would pick the rest at another size than the micrographs picked
+    # (here forced: the counts come from a stand-in that finds most candidates at 1.4 x the box)
+    from deeppicker_relion import sizecheck
+
+    record = json.loads((job_dir / "size_check.json").read_text())
+    assert record["mode"] == "auto" and record["factor_used"] == 1.0
+    given_px = DIAMETER_A / PIXEL_A
+    monkeypatch.setattr(sizecheck, "count_confident",
+                        lambda model, mic, box, params, device: 40 if abs(box / given_px - 1.4) < 0.01 else 5)
     code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
                                                            "--size_check", "adopt"), capsys)  # fmt: skip
     assert code == 1 and markers(job_dir) == [relion_job.FAILURE]
-    assert len(err.strip().splitlines()) == 1 and "size_check setting" in err and "new job" in err
-    code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7", "--max_picks", "5",
-                                                           "--size_check", "off"), capsys)  # fmt: skip
-    assert code == 0 and markers(job_dir) == [relion_job.SUCCESS], err
+    assert len(err.strip().splitlines()) == 1 and "size_check.json" in err and "new job" in err
+    assert "picked at the given size x 1.00" in err and "others at x 1.40" in err
+    # 'warn' and 'off' pick at the given size, as the job did
+    for mode in ("warn", "off"):
+        code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--threshold", "0.7",
+                                                               "--max_picks", "5", "--size_check", mode), capsys)  # fmt: skip
+        assert code == 0 and markers(job_dir) == [relion_job.SUCCESS], err
     code, out, err = run_main(pick_job, project, pick_args("External/job003/", "--size_check", "sometimes"), capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "size_check must be one of" in err
 

@@ -157,14 +157,59 @@ def test_apply_records_adopts_warns_and_reuses(monkeypatch, three_noise_mics: pd
     assert recorded_factor(out, given) == pytest.approx(STEP**2)  # the record is left as it was
 
 
-def test_cli_pick_warns_by_default_adopts_on_request_and_rethreshold_keeps_the_size(tmp_path: Path, shipped,
-                                                                                     capsys) -> None:
+def test_auto_adopts_strong_findings_of_cross_molecule_models_only(monkeypatch, three_noise_mics: pd.DataFrame,
+                                                                    tmp_path: Path) -> None:
+    """auto picks at the size the strong search finds (STRONG_PER_MICROGRAPH confident candidates per
+    micrograph at every step) when the model was calibrated across molecules; otherwise it warns."""
+    from types import SimpleNamespace
+
+    general = SimpleNamespace(augment_calibration={2: (2.0, -2.0)})  # what load_model sets from the metadata
+    user = SimpleNamespace(augment_calibration={})
+    given = ParticleSize(box_px=40.0)
+    def strong(box: float) -> int:  # 40 per micrograph at the particle's size (56 px), 4 elsewhere
+        return 40 if abs(box / 56.0 - 1) < 0.01 else 4
+
+    _with_counts(monkeypatch, strong)
+    size, note = apply_size_check(three_noise_mics, general, given, "auto", tmp_path / "a")
+    assert size.box_px == pytest.approx(56.0) and "adopted" in note
+    record = json.loads((tmp_path / "a" / sizecheck.RECORD).read_text())
+    assert record["mode"] == "auto" and record["factor_used"] == record["factor_strong"] == pytest.approx(STEP)
+    size, note = apply_size_check(three_noise_mics, user, given, "auto", tmp_path / "b")
+    assert size == given and "only a cross-molecule model's size is adopted" in note
+    assert recorded_factor(tmp_path / "b", given) == 1.0
+    # weak: the lenient search moves (adopt would), the strong one does not
+    _with_counts(monkeypatch, lambda box: strong(box) // 4)  # 10 per micrograph at the particle's size
+    size, note = apply_size_check(three_noise_mics, general, given, "auto", tmp_path / "c")
+    assert size == given and "too few confident candidates" in note
+    record = json.loads((tmp_path / "c" / sizecheck.RECORD).read_text())
+    assert record["factor_found"] == pytest.approx(STEP) and record["factor_strong"] == 1.0
+    assert apply_size_check(three_noise_mics, general, given, "adopt", tmp_path / "d")[0].box_px == pytest.approx(56.0)
+    # the strong search only moves up: a smaller size (fragments and noise of a low-SNR micrograph, or
+    # a given diameter that is too large) is only warned about
+    _with_counts(monkeypatch, lambda box: {40.0: 1, 28.57: 10}.get(round(box, 2), 23 if box < 28 else 0))
+    check = check_size(three_noise_mics, general, given)
+    assert check.strong_factor == 1.0 and check.factor < 1.0
+    _with_counts(monkeypatch, _peaked_at(20.0))  # given twice the particle's size, 40 per micrograph there
+    size, note = apply_size_check(three_noise_mics, general, given, "auto", tmp_path / "e")
+    assert size == given and "too few confident candidates" not in note and "not adopted" in note
+    assert json.loads((tmp_path / "e" / sizecheck.RECORD).read_text())["factor_found"] == pytest.approx(1 / STEP**2)
+
+
+def test_shipped_model_is_cross_molecule_and_a_new_one_is_not() -> None:
+    from deeppicker_relion.model import build_model
+
+    assert sizecheck.cross_molecule(load_model()[0])
+    assert not sizecheck.cross_molecule(build_model("deeppicker2016-wide")) and not sizecheck.cross_molecule(None)
+
+
+def test_cli_pick_warns_adopts_on_request_and_rethreshold_keeps_the_size(tmp_path: Path, shipped, capsys) -> None:
     from deeppicker_relion.cli.main import main as cli
 
     for seed in range(3):
         write_mrc(tmp_path / "mics" / f"mic{seed}.mrc", blob_micrograph(seed, shape=(400, 400), n=14, box=32.0)[0])
     warned = tmp_path / "warned"
-    cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(warned), "--no-report"])
+    cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(warned), "--no-report",
+         "--size-check", "warn"])
     err = capsys.readouterr().err
     assert "WARNING" in err and "check the particle size" in err and "box 33.6 px" in err
     record = json.loads((warned / sizecheck.RECORD).read_text())
@@ -183,10 +228,11 @@ def test_cli_pick_warns_by_default_adopts_on_request_and_rethreshold_keeps_the_s
                 "--size-check", "adopt", "--rethreshold", "--threshold", "0.6"]) == 0
     summary = next(iter(starfile.read(out / "picking_summary.star", always_dict=True).values()))
     assert np.allclose(summary["box_px"], used)  # the area of the two-level rule is counted in boxes of that size
-    # the same folder again without --size-check adopt would pick new micrographs at another size
+    # the same folder again with --size-check warn would pick new micrographs at another size
     write_mrc(tmp_path / "mics" / "mic3.mrc", blob_micrograph(3, shape=(400, 400), n=14, box=32.0)[0])
     capsys.readouterr()
-    assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(out), "--no-report"]) != 0
+    assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(out), "--no-report",
+                "--size-check", "warn"]) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "3 micrographs here were picked at the given size x 1.40" in err, err
     assert not (out / "micrographs" / "mic3_deeppicker.star").exists() and not list(out.rglob("mic3*"))
@@ -207,3 +253,27 @@ def test_relion_job_and_cli_default_to_the_same_mode() -> None:
     cli = argparse.ArgumentParser()
     add_arguments(cli)
     assert cli.get_default("size_check") == build_parser().get_default("size_check") == sizecheck.DEFAULT_MODE
+    size_help = next(a.help for a in build_parser()._actions if a.dest == "size_check")
+    assert f"{sizecheck.STRONG_PER_MICROGRAPH} of them per micrograph" in size_help
+
+
+def test_cli_continue_of_a_folder_picked_without_the_check_refuses_another_size(tmp_path: Path, shipped, capsys,
+                                                                                monkeypatch) -> None:
+    """Micrographs picked with the check off were picked at the given size; continuing the folder with
+    the default check, which here (forced counts) picks at 1.4 x, would mix two sizes: refused."""
+    from deeppicker_relion.cli.main import main as cli
+
+    for seed in range(3):
+        write_mrc(tmp_path / "mics" / f"mic{seed}.mrc", blob_micrograph(seed, shape=(400, 400), n=14, box=32.0)[0])
+    out = tmp_path / "picks"
+    assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "32", "-o", str(out), "--no-report",
+                "--size-check", "off"]) == 0
+    assert not (out / sizecheck.RECORD).exists()
+    write_mrc(tmp_path / "mics" / "mic3.mrc", blob_micrograph(3, shape=(400, 400), n=14, box=32.0)[0])
+    _with_counts(monkeypatch, lambda box: 40 if abs(box / (32.0 * STEP) - 1) < 0.01 else 4)
+    capsys.readouterr()
+    assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "32", "-o", str(out), "--no-report"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "3 micrographs here were picked at the given size x 1.00 (no size check" in err
+    assert "size check 'auto' would pick the others at x 1.40" in err
+    assert not list(out.rglob("mic3*"))

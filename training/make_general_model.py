@@ -91,6 +91,7 @@ from deeppicker_relion.picking import PickParams, find_candidates  # noqa: E402
 from deeppicker_relion.preprocess import INPUT_SIZE, preprocess  # noqa: E402
 from deeppicker_relion.scoring import score_map_dense  # noqa: E402
 from deeppicker_relion.simulate import (  # noqa: E402
+    SimulatedMicrograph,
     _ellipsoid_union,
     available_maps,
     estimate_diameter_A,
@@ -295,8 +296,10 @@ def _split_jobs(molecule: str, split: str) -> list[tuple[str, int, bool]]:
     return [("mic", i, False) for i in range(n)] + [("empty", i, True) for i in range(n_empty)]
 
 
-def _simulate_job(molecule: str, split: str, kind: str, i: int, forced_empty: bool, folder: str) -> dict:
-    """Simulate and write one micrograph of a split (in a worker process)."""
+def simulate_parts(molecule: str, split: str, kind: str, i: int, forced_empty: bool) -> tuple[Conditions, SimulatedMicrograph]:
+    """The conditions and the simulation (with its noise-free signal and noise apart) of micrograph
+    ``i`` of a split, ``kind`` "mic" or "empty": the same micrograph every time (seeded by its
+    molecule, split, kind and number)."""
     family = molecule in FAMILY_SPLITS
     mol_id = FAMILY_IDS[molecule] if family else molecules().index(molecule)
     rng = np.random.default_rng(np.random.SeedSequence([SEED, mol_id, SPLIT_IDS[split], 0 if kind == "mic" else 1, i]))
@@ -308,7 +311,6 @@ def _simulate_job(molecule: str, split: str, kind: str, i: int, forced_empty: bo
     empty = forced_empty or (split.startswith("train") and rng.uniform() < 0.08)
     snr_mode = "wide" if split in ("test", "rule", "train", "val") else "realistic"
     cond = draw_conditions(rng, diameter_A, empty, snr_mode)
-    start = time.perf_counter()
     sim = simulate_micrograph_parts(
         cond.shape, cond.pixel_size_A, [volume], cond.n_particles, names=[molecule],
         defocus_um=cond.defocus_um, astigmatism_um=cond.astigmatism_um, b_factor_A2=cond.b_factor_A2,
@@ -317,6 +319,13 @@ def _simulate_job(molecule: str, split: str, kind: str, i: int, forced_empty: bo
         ice=cond.ice, n_contaminants=cond.n_contaminants, carbon_edge=cond.carbon_edge,
         output=cond.output, seed=rng, fft_workers=1,
     )  # fmt: skip
+    return cond, sim
+
+
+def _simulate_job(molecule: str, split: str, kind: str, i: int, forced_empty: bool, folder: str) -> dict:
+    """Simulate and write one micrograph of a split (in a worker process)."""
+    start = time.perf_counter()
+    cond, sim = simulate_parts(molecule, split, kind, i, forced_empty)
     name = f"{kind}_{molecule.split('_')[0]}_{split}_{i:03d}"
     folder_p = Path(folder)
     write_mrc(folder_p / f"{name}.mrc", sim.image, cond.pixel_size_A)
@@ -324,7 +333,7 @@ def _simulate_job(molecule: str, split: str, kind: str, i: int, forced_empty: bo
     log.info("%s: %s %d particles, %.1f s", molecule, name, len(sim.centres), time.perf_counter() - start)
     return dict(name=name, path=str(folder_p / f"{name}.mrc"), coords=str(folder_p / f"{name}.star"),
                 pixel_size_A=cond.pixel_size_A, diameter_px=cond.diameter_px, n_particles=len(sim.centres),
-                snr=cond.snr, empty=empty, conditions=json.dumps(asdict(cond)))  # fmt: skip
+                snr=cond.snr, empty=cond.n_particles == 0, conditions=json.dumps(asdict(cond)))  # fmt: skip
 
 
 def simulate_split(molecule: str, split: str, cache: Path = CACHE, workers: int | None = None) -> pd.DataFrame:

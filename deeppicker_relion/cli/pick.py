@@ -36,7 +36,7 @@ from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
 from ..picking import CONFIDENT_AREA, PickParams, check_dark_sigma
 from ..pipeline import check_particle_size
 from ..selftrain import self_train
-from ..sizecheck import DEFAULT_MODE, MODES, apply_size_check, record_path, recorded_factor, scaled_size
+from ..sizecheck import DEFAULT_MODE, MODES, STRONG_PER_MICROGRAPH, apply_size_check, recorded_factor, scaled_size
 from ..training import TrainParams
 from .common import add_compute_arguments, add_micrograph_arguments, add_size_arguments, particle_size, setup
 
@@ -80,9 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-check", choices=MODES, default=DEFAULT_MODE,
                         help="before picking, score the first, middle and last micrograph at the given size and at "
                              "x / / 1.4 of it; where another size finds at least twice the confident candidates "
-                             "(a diameter much too large, or a hollow particle's inner ring), warn: log the size "
-                             "found and pick at the given one (default); adopt: pick at the size found; off. "
-                             "Recorded in OUTDIR/size_check.json")
+                             "(a diameter much too large, or a hollow particle's inner ring), auto (default): pick "
+                             "at that size if it is larger and holds at least "
+                             f"{STRONG_PER_MICROGRAPH} of them per micrograph and the model is a cross-molecule one "
+                             "(the shipped model), else warn; warn: log the size found and pick at the given one; "
+                             "adopt: pick at the size found; off. Recorded in OUTDIR/size_check.json")
     parser.add_argument(
         "--self-train",
         type=int,
@@ -155,8 +157,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         model_text += ", picks re-centred by the shipped centring network"
     log.info("%s", model_text)
-    earlier = job.resume and record_path(job.outdir).is_file()  # a size check of this folder's earlier run
-    picked_before = int(shard_rows(mics, job.shard)["name"].map(job.is_done).sum()) if earlier else 0
+    # micrographs this folder's earlier runs picked: the size check refuses to pick the rest at another size
+    picked_before = int(shard_rows(mics, job.shard)["name"].map(job.is_done).sum()) if job.resume else 0
     job.size, size_note = apply_size_check(mics, model, size, args.size_check, job.outdir, params,
                                            device if len(devices) == 1 else "cpu", reuse=job.resume,
                                            picked_before=picked_before)
