@@ -4,8 +4,8 @@ The network sees a window of exactly the given particle diameter. Blob-like part
 found when the diameter is 20-30 % off, but a diameter much too large (say RELION's extraction box,
 1.5-2 x the particle) loses most picks, and a hollow particle given too small a diameter (the inner
 ring of apoferritin) loses all of them. Before picking, a few sample micrographs are scored at the
-given size and at the size x / / ``STEP``; the number of confident candidates (score >=
-``CHECK_SCORE``) is compared:
+given size and at the size x / / ``STEP`` (each on its central ``SAMPLE_BOXES`` x ``SAMPLE_BOXES``
+given boxes); the number of confident candidates (score >= ``CHECK_SCORE``) is compared:
 
 - a size ``STEP`` x larger that yields at least ``GAIN`` x as many confident candidates wins;
 - else a size ``STEP`` x smaller wins on the same terms, provided the larger size does not also
@@ -67,6 +67,11 @@ SAMPLES = 3  # micrographs: first, middle, last (then others, if unreadable)
 MIN_BOX_PX = 20.0  # smallest box tried (original pixels; the shipped model saw particles of 24-160 px): on
 # smaller boxes the upsampled noise of empty micrographs yields confident candidates
 MAX_RESAMPLED_PX = 4096 * 4096  # largest resampled micrograph tried
+# Each sample micrograph is scored on its central part at most SAMPLE_BOXES given boxes on a side:
+# the counts above were chosen on micrographs 11-18 boxes on a side (MODEL_CARD.md), and on a
+# large micrograph of small particles noise alone would reach them more easily; it also keeps the
+# check's cost bounded (a 4k micrograph of a 60 px particle is scored on 1080 x 1080 px).
+SAMPLE_BOXES = 18.0
 RECORD = "size_check.json"
 
 
@@ -124,6 +129,15 @@ def sample_micrographs(micrographs: pd.DataFrame, n: int = SAMPLES) -> list[tupl
     return out
 
 
+def central_part(mic: Micrograph, side_px: float) -> Micrograph:
+    """The central ``side_px`` x ``side_px`` pixels of a micrograph (all of it along an axis that is
+    shorter), as a micrograph with the same pixel size and path."""
+    rows, cols = mic.shape
+    h, w = min(rows, int(round(side_px))), min(cols, int(round(side_px)))
+    r0, c0 = (rows - h) // 2, (cols - w) // 2
+    return Micrograph(mic.data[r0 : r0 + h, c0 : c0 + w], mic.pixel_size, mic.path)
+
+
 def count_confident(model: DeepPickerNet, mic: Micrograph, box_px: float, params: PickParams = PickParams(),
                     device: str | torch.device = "cpu") -> int:
     """Candidates scoring >= CHECK_SCORE on one micrograph picked with a ``box_px`` box (pixels)."""
@@ -146,7 +160,7 @@ def check_size(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSi
     except DeepPickerError:
         return SizeCheck(1.0)
     fits = [box <= min(m.shape) for (m, _), box in zip(mics, boxes)]
-    mics = [m for m, ok in zip(mics, fits) if ok]
+    mics = [(central_part(m, SAMPLE_BOXES * box), px) for (m, px), box, ok in zip(mics, boxes, fits) if ok]
     boxes = [box for box, ok in zip(boxes, fits) if ok]
     result = SizeCheck(1.0, samples=[m.path for m, _ in mics])
     if not mics:

@@ -277,3 +277,22 @@ def test_cli_continue_of_a_folder_picked_without_the_check_refuses_another_size(
     assert "Traceback" not in err and "3 micrographs here were picked at the given size x 1.00 (no size check" in err
     assert "size check 'auto' would pick the others at x 1.40" in err
     assert not list(out.rglob("mic3*"))
+
+
+def test_each_sample_is_scored_on_its_central_boxes(monkeypatch, tmp_path: Path) -> None:
+    """A large micrograph is checked on its central SAMPLE_BOXES x SAMPLE_BOXES given boxes (the
+    counts' rule was chosen on micrographs of 11-18 boxes a side); a small one whole."""
+    seen: list[tuple[tuple[int, int], float, np.ndarray]] = []
+    monkeypatch.setattr(sizecheck, "count_confident",
+                        lambda model, mic, box, params, device: seen.append((mic.shape, box, mic.data)) or 0)
+    big = np.random.default_rng(2).normal(0, 1, (900, 1300)).astype(np.float32)
+    small = np.random.default_rng(3).normal(0, 1, (300, 250)).astype(np.float32)
+    mics = _mics(tmp_path, [big, small])
+    check_size(mics, None, ParticleSize(box_px=20.0))
+    side = int(sizecheck.SAMPLE_BOXES * 20)
+    shapes = {shape for shape, _, _ in seen}
+    assert shapes == {(side, side), (300, 250)}
+    crop = next(data for shape, _, data in seen if shape == (side, side))
+    r0, c0 = (900 - side) // 2, (1300 - side) // 2
+    np.testing.assert_array_equal(crop, big[r0 : r0 + side, c0 : c0 + side])
+    assert {round(box, 6) for _, box, _ in seen} >= {20.0, 28.0}
