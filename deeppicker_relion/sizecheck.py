@@ -181,21 +181,21 @@ def check_size(micrographs: pd.DataFrame, model: DeepPickerNet, size: ParticleSi
         return result.counts[key]
 
     result.factor = _search(count, MIN_PER_MICROGRAPH * len(mics))
-    result.strong_factor = _search(count, STRONG_PER_MICROGRAPH * len(mics), down=False)
+    result.strong_factor = _search(count, STRONG_PER_MICROGRAPH * len(mics), downwards=False)
     return result
 
 
-def _search(count, need: int, down: bool = True) -> float:
+def _search(count, need: int, downwards: bool = True) -> float:
     """The search of the module docstring over ``count(factor)`` (confident candidates of all
     sample micrographs at given size x factor; None where that size cannot be tried), moving only
-    to sizes with at least ``need`` of them; ``down=False``: only to larger sizes."""
+    to sizes with at least ``need`` of them; ``downwards=False``: only to larger sizes."""
     factor, current, direction = 1.0, count(1.0), 0
     for _ in range(MAX_STEPS):
         up = count(factor * STEP)
         if direction >= 0 and up is not None and up >= GAIN * current and up >= need:
             factor, current, direction = factor * STEP, up, 1
             continue
-        if direction <= 0 and down:
+        if direction <= 0 and downwards:
             down = count(factor / STEP)
             larger_gains = up is not None and up > max(current, need)
             if down is not None and down >= GAIN * current and down >= need and not larger_gains:
