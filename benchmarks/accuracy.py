@@ -1,9 +1,9 @@
 """Accuracy benchmark of the general model: leave-one-molecule-out, real micrographs, noise guard,
-contamination, the size check, self-training / semi-automated training, and Topaz side by side. Prints figures
-(markdown tables); not a timed test.
+contamination, the size check, self-training / semi-automated training, and Topaz and RELION's LoG picker
+side by side. Prints figures (markdown tables); not a timed test.
 
     python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
-    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, snr, shipped, empty, contamination, centres, refine, centring, diameter, sizecheck, finetune, topaz
+    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, snr, shipped, empty, contamination, centres, refine, centring, diameter, sizecheck, finetune, topaz, relion_log
     python benchmarks/accuracy.py --no-train       # use only fold models that exist
 
 Held-out sets (never used to train or calibrate the model that picks them):
@@ -67,7 +67,11 @@ APOFERRITIN_DIAMETER_PX = 57.0  # README: ~57 px disc drawn by the annotators (t
 APOFERRITIN_OUTER_DIAMETER_PX = 78.0
 CONTAMINATION_DIR = SHARED / "ucsf_contamination"
 THRESHOLD = 0.5
-FLOOR = 0.01
+# Candidates kept for the ranking figures (top-N, best F1): every local maximum of the score map, as
+# Topaz's candidates (threshold -1e6) and RELION LoG's (adjust -5) are; the picks at the defaults
+# (>= 0.01 at most) are the same whatever the floor. Until 2026-11-25 this was 0.01, which cut the
+# ranking figures of low-SNR micrographs, whose particles score below it.
+FLOOR = 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,6 +187,17 @@ def metrics(cands: dict[str, pd.DataFrame], index: pd.DataFrame, threshold: floa
     )  # fmt: skip
 
 
+def fixed_n(cands: dict[str, pd.DataFrame], index: pd.DataFrame) -> dict:
+    """The N best candidates of every micrograph with ONE N for the set, the median number of
+    reference particles per micrograph (what a user who knows the typical count gets with
+    ``--threshold 0.0001 --low-threshold 0.0001 --max-picks N``): n, precision, recall, F1."""
+    refs = references(index)
+    n = int(round(float(np.median([len(r) for r in refs.values()]))))
+    total = evaluate({k: c.sort_values("score", ascending=False, kind="stable").head(n) for k, c in cands.items()},
+                     refs, boxes(index)).iloc[-1]  # fmt: skip
+    return dict(n=n, precision=float(total["precision"]), recall=float(total["recall"]), f1=float(total["f1"]))
+
+
 def topn_table(cands: dict[str, pd.DataFrame], index: pd.DataFrame) -> pd.DataFrame:
     return topn_curve(cands, references(index), boxes(index), ratios=np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0]))
 
@@ -260,6 +275,7 @@ def section_lomo(results: dict, allow_train: bool) -> None:
         m["seconds_per_micrograph"] = sec
         m["topn"] = topn_table(cands, idx).round(3).to_dict("list")
         m["size_factor"] = factor
+        m["fixed_n"] = fixed_n(cands, idx)
         results.setdefault("lomo", {})[mol] = m
         print(fmt_row(_size_note(mol, factor), m), flush=True)
         _per_snr(results, mol, cands, idx)
@@ -270,6 +286,7 @@ def section_lomo(results: dict, allow_train: bool) -> None:
         m = metrics(cands, idx)
         m["topn"] = topn_table(cands, idx).round(3).to_dict("list")
         m["size_factor"] = factor
+        m["fixed_n"] = fixed_n(cands, idx)
         results.setdefault("lomo", {})["ribosome (real)"] = m
         print(fmt_row(_size_note("ribosome (real, labels incomplete)", factor), m), flush=True)
     for holdout in (["all"] if SINGLE_MODEL is not None else recipe.molecules() + ["ribosome"]):
@@ -284,6 +301,11 @@ def section_lomo(results: dict, allow_train: bool) -> None:
             results.setdefault("apoferritin_by_fold", {})[f"{holdout} box {box:g}"] = m
             print(fmt_row(_size_note(f"apoferritin (real), box {box:g} px, fold model without {holdout}", factor), m),
                   flush=True)
+    fixed = [(k, v["fixed_n"]) for k, v in results.get("lomo", {}).items() if "fixed_n" in v]
+    if fixed:
+        print("\nThe N best candidates of every micrograph, one N per set: the median particles per micrograph "
+              "(`--threshold 0.0001 --low-threshold 0.0001 --max-picks N`), precision / recall / F1: "
+              + "; ".join(f"{k} (N {v['n']}) {v['precision']:.3f} / {v['recall']:.3f} / {v['f1']:.3f}" for k, v in fixed))
     plain = [(k, v["plain"]) for k, v in {**results.get("lomo", {}), **results.get("apoferritin_by_fold", {})}.items()
              if "plain" in v]  # fmt: skip
     if plain:
@@ -738,6 +760,120 @@ def section_topaz(results: dict) -> None:
               f"{theirs['f1']:.3f} | {theirs['best_f1']:.3f} | {theirs['topn_f1']:.3f} |", flush=True)  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------------------
+# RELION's LoG picker side by side
+# --------------------------------------------------------------------------------------------------
+
+LOG_DEFAULT = 0.0  # RELION's default --LoG_adjust_threshold (the GUI's too)
+LOG_ALL = -5.0  # low enough that essentially every LoG peak comes back, with its figure of merit
+
+
+def relion_log_candidates(name: str, index: pd.DataFrame, adjust: float) -> dict[str, pd.DataFrame] | None:
+    """RELION 3.1 ``relion_autopick --LoG`` picks of a set at ``--LoG_adjust_threshold adjust``
+    (diameters 0.8-1.2 x each micrograph's diameter, its own pixel size; one run per diameter,
+    pixel size and micrograph size, which RELION needs the same within a run; cached in
+    benchmarks/cache/relion_log/NAME_ADJUST.csv). Score: rlnAutopickFigureOfMerit."""
+    import peers
+
+    cache = CACHE / "relion_log" / f"{name}_{adjust:g}.csv"
+    if cache.is_file():
+        table = pd.read_csv(cache, dtype={"micrograph": str})
+        groups = {n: g[["x", "y", "score"]].reset_index(drop=True) for n, g in table.groupby("micrograph")}
+        return {n: groups.get(n, pd.DataFrame({"x": [], "y": [], "score": []})) for n in index["name"]}
+    if not peers.relion_log_available():
+        log.warning("relion_autopick is not installed (Debian: apt-get install relion)")
+        return None
+    out, seconds = {}, 0.0
+    for (diameter, angpix, _), group in index.groupby(["diameter_px", "pixel_size_A", "shape"]):
+        picks, sec = peers.run_relion_log([Path(p) for p in group["path"]], float(diameter), float(angpix),
+                                          CACHE / "relion_log" / f"work_{name}", threshold=adjust)  # fmt: skip
+        seconds += sec
+        stem_to_name = {Path(p).stem: n for p, n in zip(group["path"], group["name"])}
+        out.update({stem_to_name[s]: df for s, df in picks.items()})
+    table = pd.concat([df.assign(micrograph=n) for n, df in out.items()], ignore_index=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(cache)
+    log.info("RELION LoG on %s (adjust %g): %.2f s per micrograph", name, adjust, seconds / len(index))
+    return out
+
+
+def relion_log_sets() -> dict[str, pd.DataFrame]:
+    """Every held-out set, whole (LoG takes about a second per micrograph)."""
+    sets = {mol: sim_test(mol) for mol in recipe.molecules()}
+    sets["ribosome"] = ribosome()
+    for box in (APOFERRITIN_DIAMETER_PX, APOFERRITIN_OUTER_DIAMETER_PX):
+        sets[f"apoferritin_box{box:g}"] = apoferritin(box)
+    for name, idx in sets.items():
+        mics = [read_micrograph(p) for p in idx["path"]]
+        # LoG's diameters are in A (the micrographs' own pixel size); one run takes one micrograph size
+        sets[name] = idx.assign(pixel_size_A=[m.pixel_size for m in mics], shape=[str(m.data.shape) for m in mics])
+    return sets
+
+
+def _pooled_topn(by_name: dict[str, tuple[int, int]], snr: dict[str, float]) -> dict[str, float]:
+    """Top-N recall pooled by the SNR the network sees: {bin: recall} from {name: (top-N hits, particles)}."""
+    out = {}
+    for lo, hi in zip(NETWORK_SNR_BINS[:-1], NETWORK_SNR_BINS[1:]):
+        names = [n for n, v in snr.items() if lo <= v < hi and n in by_name]
+        if names:
+            out[f"{lo:g}-{hi:g}"] = sum(by_name[n][0] for n in names) / max(1, sum(by_name[n][1] for n in names))
+    return out
+
+
+def _topn_hits(cands: dict[str, pd.DataFrame], index: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    refs, box = references(index), boxes(index)
+    out = {}
+    for name, ref in refs.items():
+        top = cands[name].sort_values("score", ascending=False, kind="stable").head(len(ref))
+        out[name] = (int((match(top, ref, MATCH_RADIUS * box[name])[0] >= 0).sum()), len(ref))
+    return out
+
+
+def section_relion_log(results: dict) -> None:
+    """RELION's Laplacian-of-Gaussian picker (the picker RELION users start from when they have no
+    template) on every held-out set, whole: at RELION's default threshold (``--LoG_adjust_threshold
+    0``), and every LoG peak ranked by its figure of merit (best F1 at one global threshold, top-N).
+    Ours: the same sets, picked as in the leave-one-molecule-out table (size check, defaults)."""
+    print("\n## Side by side with RELION 3.1's LoG picker, every held-out micrograph\n")
+    print("| held-out set | mics | DeepPicker P / R / F1 @ defaults | DeepPicker best F1 | DeepPicker top-N F1 | "
+          "LoG P / R / F1 @ RELION default | LoG best F1 | LoG top-N F1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    snr = {r["name"]: r["network_snr"] for r in results.get("snr", {}).get("micrographs", [])}
+    ours_hits, log_hits = {}, {}
+    for name, idx in relion_log_sets().items():
+        default, everything = relion_log_candidates(name, idx, LOG_DEFAULT), relion_log_candidates(name, idx, LOG_ALL)
+        holdout = "ribosome" if name == "ribosome" else name if name in recipe.molecules() else "all"
+        model = fold_model(holdout, False) if holdout != "all" or SINGLE_MODEL else load_model(WEIGHTS)[0]
+        if default is None or everything is None or model is None:
+            continue
+        checked, factor = size_checked(model, idx)
+        cands, _ = pick_candidates(model, checked)
+        ours = metrics(cands, checked) | {"size_factor": factor}
+        theirs = metrics(everything, idx, threshold=-np.inf)  # ranking figures over every LoG peak
+        at_default = evaluate(default, references(idx), boxes(idx)).iloc[-1]
+        theirs |= {k: float(at_default[k]) for k in ("precision", "recall", "f1", "centre_error")}
+        theirs["n_picks"] = int(at_default["n_picks"])
+        results.setdefault("relion_log", {})[name] = dict(deeppicker=ours, relion_log=theirs)
+        if name in recipe.molecules():
+            ours_hits |= _topn_hits(cands, checked)
+            log_hits |= _topn_hits(everything, idx)
+        print(f"| {_size_note(name, factor)} | {len(idx)} | {ours['precision']:.3f} / {ours['recall']:.3f} / {ours['f1']:.3f} | "
+              f"{ours['best_f1']:.3f} | {ours['topn_f1']:.3f} | {theirs['precision']:.3f} / {theirs['recall']:.3f} / "
+              f"{theirs['f1']:.3f} | {theirs['best_f1']:.3f} | {theirs['topn_f1']:.3f} |", flush=True)  # fmt: skip
+    if not snr:
+        print("\n(top-N recall by the SNR the network sees: run with `--only snr relion_log`)")
+        return
+    ours_by, log_by = _pooled_topn(ours_hits, snr), _pooled_topn(log_hits, snr)
+    results["relion_log_topn_by_snr"] = dict(deeppicker=ours_by, relion_log=log_by)
+    print("\nTop-N recall (the N best candidates, N = particles) by the SNR the network sees, simulated sets:\n")
+    print("| SNR (network) | DeepPicker | RELION LoG |")
+    print("|---|---|---|")
+    for k in ours_by:
+        print(f"| {k} | {ours_by[k]:.3f} | {log_by.get(k, float('nan')):.3f} |")
+
+
 DIAMETER_FACTORS = (0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 2.0)
 
 
@@ -1034,7 +1170,7 @@ def section_centring(results: dict) -> None:
 
 
 SECTIONS = ("rule", "lomo", "snr", "shipped", "empty", "contamination", "centres", "refine", "centring", "diameter",
-            "sizecheck", "finetune", "topaz")
+            "sizecheck", "finetune", "topaz", "relion_log")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1096,6 +1232,8 @@ def main(argv: list[str] | None = None) -> int:
             section_finetune(results, args.finetune_targets)
         elif section == "topaz":
             section_topaz(results)
+        elif section == "relion_log":
+            section_relion_log(results)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=float))
     return 0

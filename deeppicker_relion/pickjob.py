@@ -296,8 +296,11 @@ def write_cryosparc(summary: pd.DataFrame, job: PickJob, path: Path) -> int:
 
 def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
     """Rewrite every micrograph's coordinate file from its saved candidates with the job's
-    threshold and top-N, without scoring again. Micrographs without candidates are listed as failed."""
+    threshold and top-N, without scoring again. Micrographs without candidates are listed as failed.
+    Candidates are saved down to the lowest threshold the micrographs were picked with (0.01 at
+    the defaults): a lower threshold here cannot add picks below that, and the log says so."""
     rows, failed = [], []
+    lowest = math.inf  # lowest saved candidate score
     for _, mic in shard_rows(micrographs, job.shard).iterrows():
         name = mic["name"]
         path = job.candidate_path(name)
@@ -306,11 +309,18 @@ def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
             rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
             continue
         candidates = read_coordinate_star(path)
+        if len(candidates):
+            lowest = min(lowest, float(candidates["score"].min()))
         shape, box_px, pixel_size = _geometry(mic, job)
         picks = select_picks(candidates, job.params, area_in_boxes(shape, box_px))
         box = job.size.box_px if job.size.box_px is not None else 0
         write_coordinates(job.coordinate_path(name), picks, job.fmt, box_px=int(round(box)) or 64)
         rows.append(_row(name, "picked", len(picks), len(candidates), 0.0, box_px, shape, pixel_size))
+    saved_floor = PickParams().floor
+    if job.params.floor < saved_floor <= lowest < math.inf:
+        log.warning("re-thresholding below %g adds no picks: the candidates were saved down to the thresholds the "
+                    "micrographs were picked with (lowest saved score %.3g); for lower ones pick again with the new "
+                    "thresholds and --overwrite, without --rethreshold", saved_floor, lowest)
     summary = JobSummary(pd.DataFrame(rows, columns=_COLUMNS), pd.DataFrame(failed, columns=["rlnMicrographName", "reason"]), [])
     write_star(job.summary_path, {"picking_summary": summary.table})
     return summary

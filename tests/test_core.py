@@ -631,6 +631,32 @@ def test_rethreshold_scales_the_rule_with_the_micrograph_area(tmp_path: Path) ->
     assert n == {"small": 12, "large": 1}  # 9 >= 8 confident on 156 boxes; 9 < 8 x 256 / 200 on 256
 
 
+def test_rethreshold_below_the_saved_floor_says_it_adds_nothing(tmp_path: Path, caplog) -> None:
+    """Candidates saved at the default floor (0.01) cannot give picks below it: re-thresholding at
+    0.001 keeps the same picks and the log says to pick again; candidates saved lower are used."""
+    from deeppicker_relion.io.micrographs import micrograph_list
+    from deeppicker_relion.io.mrc import write_mrc
+    from deeppicker_relion.io.star import read_coordinate_star, write_coordinate_star
+    from deeppicker_relion.pickjob import PickJob, rethreshold
+    from deeppicker_relion.pipeline import ParticleSize
+
+    write_mrc(tmp_path / "m.mrc", np.zeros((256, 256), np.float32), 1.0)
+    table = micrograph_list([str(tmp_path / "m.mrc")])
+    name = table["name"].iloc[0]
+    low = PickParams(threshold=0.001, low_threshold=0.001)
+    for scores, expect_warning in (([0.6, 0.3, 0.02], True), ([0.6, 0.3, 0.02, 0.002], False)):
+        job = PickJob(outdir=tmp_path / f"out{len(scores)}", size=ParticleSize(box_px=32.0), params=low)
+        job.candidate_path(name).parent.mkdir(parents=True, exist_ok=True)
+        n = len(scores)
+        write_coordinate_star(job.candidate_path(name), pd.DataFrame({"x": np.arange(n) * 40.0 + 20, "y": np.full(n, 100.0),
+                                                                      "score": scores}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="deeppicker_relion.pickjob"):
+            rethreshold(table, job)
+        assert len(read_coordinate_star(job.coordinate_path(name))) == n
+        assert ("adds no picks" in caplog.text) == expect_warning, caplog.text
+
+
 def test_candidate_floor_never_lies_above_the_thresholds() -> None:
     assert PickParams(low_threshold=0.01).floor == 0.01
     assert PickParams(threshold=0.005).floor == 0.005
