@@ -1,6 +1,7 @@
 """Speed benchmark: seconds per micrograph end to end (read, preprocess, score, pick, write) for
-dense and patch-by-patch scoring, peak memory, and Topaz's pretrained `topaz extract` on the same
-micrographs, measured in the same run.
+dense and patch-by-patch scoring, peak memory, and Topaz's pretrained `topaz extract` and RELION
+3.1's LoG picker (`relion_autopick --LoG`, one process, full resolution) on the same micrographs,
+measured in the same run.
 
 Micrographs: simulated 1k, 2k and 4k square float32 MRCs (cached in benchmarks/cache/speed/) of the
 20S proteasome at 0.9 A/px with a 180 A diameter, i.e. a 200 px box: the resampled image the
@@ -113,6 +114,18 @@ def run_topaz(size: int, count: int) -> float | None:
     return seconds / count
 
 
+def run_relion_log(size: int, count: int) -> float | None:
+    sys.path.insert(0, str(HERE))
+    import peers
+
+    if not peers.relion_log_available():
+        return None
+    paths = make_micrographs(size, count)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, seconds = peers.run_relion_log(paths, BOX_PX, PIXEL_A, Path(tmp))
+    return seconds / count
+
+
 def run_cli(size: int, count: int) -> float:
     """Our whole `deeppicker pick` command on the same micrographs (process start-up included)."""
     paths = make_micrographs(size, count)
@@ -130,6 +143,7 @@ def main() -> None:
                         help="sizes to time patch-by-patch (default: all; 4k takes a few minutes)")
     parser.add_argument("--repeats", type=int, default=3, help="micrographs per size (median reported)")
     parser.add_argument("--no-topaz", action="store_true")
+    parser.add_argument("--no-log", action="store_true", help="skip RELION's LoG picker")
     parser.add_argument("--gpu", default=None)
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,7 +153,7 @@ def main() -> None:
     patch_sizes = args.sizes if args.patch_sizes is None else args.patch_sizes
     print(f"box {BOX_PX:.0f} px (diameter {DIAMETER_A:.0f} A at {PIXEL_A} A/px); {os.cpu_count()} CPU cores; "
           f"device {'cuda:' + args.gpu if args.gpu else 'cpu'}; median of {args.repeats} micrographs")
-    header = f"{'size':>6} {'resampled':>9} {'dense x1 s':>10} {'dense s':>8} {'dense x4 s':>10} {'RSS MB':>7} {'patches s':>9} {'RSS MB':>7} {'speed-up':>8} {'CLI s':>6} {'Topaz s':>8} {'vs Topaz':>8}"
+    header = f"{'size':>6} {'resampled':>9} {'dense x1 s':>10} {'dense s':>8} {'dense x4 s':>10} {'RSS MB':>7} {'patches s':>9} {'RSS MB':>7} {'speed-up':>8} {'CLI s':>6} {'Topaz s':>8} {'vs Topaz':>8} {'LoG s':>6} {'vs LoG':>7}"
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -150,12 +164,14 @@ def main() -> None:
         patches = run_worker(size, "patches", 1, args.gpu) if size in patch_sizes else None
         cli = run_cli(size, args.repeats)
         topaz = None if args.no_topaz else run_topaz(size, args.repeats)
+        relion_log = None if args.no_log else run_relion_log(size, args.repeats)
         ps = f"{patches['seconds']:9.2f} {patches['peak_rss_mb']:7.0f} {patches['seconds'] / dense['seconds']:7.1f}x" if patches else f"{'-':>9} {'-':>7} {'-':>8}"
         ts = f"{topaz:8.2f} {topaz / cli:7.1f}x" if topaz else f"{'-':>8} {'-':>8}"
+        ts += f" {relion_log:6.2f} {relion_log / cli:6.1f}x" if relion_log else f" {'-':>6} {'-':>7}"
         print(f"{size:>6} {dense['resampled']:>9} {dense1['seconds']:10.3f} {dense['seconds']:8.3f} {dense4['seconds']:10.3f} {dense['peak_rss_mb']:7.0f} {ps} {cli:6.2f} {ts}", flush=True)
     print("dense/patches: one micrograph in-process, end to end (read, preprocess, score, pick, write), with the")
     print("shipped model's test-time augmentation (x2); dense x1 / x4: --augment 1 / 4;")
-    print("CLI and Topaz: whole commands on the same micrographs, wall time / micrographs (start-up included).")
+    print("CLI, Topaz and LoG: whole commands on the same micrographs, wall time / micrographs (start-up included).")
 
 
 if __name__ == "__main__":
