@@ -34,6 +34,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from deeppicker_relion.io.star import read_coordinate_star
+
 __all__ = [
     "PeerError",
     "TOPAZ_MODEL",
@@ -251,34 +253,6 @@ def relion_log_available() -> bool:
     return shutil.which(RELION_AUTOPICK) is not None
 
 
-def _read_star_loop(path: Path) -> pd.DataFrame:
-    """First loop_ table of a STAR file, column names without the leading underscore."""
-    cols: list[str] = []
-    rows: list[list[str]] = []
-    in_loop = False
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(("data_", "loop_")):
-            if cols:
-                break  # the first table is complete
-            in_loop = line.startswith("loop_")
-            continue
-        if not in_loop:
-            continue
-        if line.startswith("_"):
-            if rows:
-                break
-            cols.append(line.split()[0][1:])
-        else:
-            rows.append(line.split())
-    if not cols:
-        return pd.DataFrame()
-    rows = [r[: len(cols)] for r in rows if len(r) >= len(cols)]
-    return pd.DataFrame(rows, columns=cols)
-
-
 def run_relion_log(
     micrographs: list[Path],
     diameter_px: float,
@@ -340,12 +314,7 @@ def run_relion_log(
         star = odir / "Mics" / f"{m.stem}_autopick.star"
         if not star.is_file():
             raise PeerError(f"relion_autopick wrote no {star} (log {workdir / 'relion_log.log'})")
-        tab = _read_star_loop(star)
-        if tab.empty:
-            picks[m.stem] = _empty()
-            continue
-        score = tab["rlnAutopickFigureOfMerit"] if "rlnAutopickFigureOfMerit" in tab else np.zeros(len(tab))
-        picks[m.stem] = _frame(tab["rlnCoordinateX"].astype(float), tab["rlnCoordinateY"].astype(float),
-                               np.asarray(score, dtype=float))
+        tab = read_coordinate_star(star)  # x, y, score (rlnAutopickFigureOfMerit), via starfile
+        picks[m.stem] = _frame(tab["x"], tab["y"], tab["score"].fillna(0.0)) if len(tab) else _empty()
     seconds = time.perf_counter() - t0
     return picks, seconds
