@@ -703,29 +703,40 @@ def section_finetune(results: dict, targets: list[str]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _peer_candidates(cache: Path, index: pd.DataFrame, keys: list[str], run, label: str) -> dict[str, pd.DataFrame]:
+    """A peer picker's candidates of each micrograph of a set, from ``cache`` (CSV) if present,
+    else by ``run(paths, group)`` -> (picks by file stem, seconds) on the set grouped by ``keys``,
+    then cached (atomically)."""
+    empty = pd.DataFrame({"x": [], "y": [], "score": []})
+    if cache.is_file():
+        table = pd.read_csv(cache, dtype={"micrograph": str})
+        groups = {n: g[["x", "y", "score"]].reset_index(drop=True) for n, g in table.groupby("micrograph")}
+        return {n: groups.get(n, empty) for n in index["name"]}
+    out, seconds = {}, 0.0
+    for key, group in index.groupby(keys):
+        picks, sec = run([Path(p) for p in group["path"]], key if isinstance(key, tuple) else (key,))
+        seconds += sec
+        stem_to_name = {Path(p).stem: n for p, n in zip(group["path"], group["name"])}
+        out.update({stem_to_name[s]: df for s, df in picks.items()})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    pd.concat([df.assign(micrograph=n) for n, df in out.items()], ignore_index=True).to_csv(tmp, index=False)
+    tmp.replace(cache)
+    log.info("%s: %.2f s per micrograph", label, seconds / len(index))
+    return out
+
+
 def topaz_candidates(name: str, index: pd.DataFrame) -> dict[str, pd.DataFrame] | None:
     """Topaz resnet16_u64 picks of a set (cached in benchmarks/cache/topaz/NAME.csv)."""
     import peers
 
     cache = CACHE / "topaz" / f"{name}.csv"
-    if cache.is_file():
-        table = pd.read_csv(cache, dtype={"micrograph": str})
-        return {n: g[["x", "y", "score"]].reset_index(drop=True) for n, g in table.groupby("micrograph")} | {
-            n: pd.DataFrame({"x": [], "y": [], "score": []}) for n in index["name"] if n not in set(table["micrograph"])
-        }
-    if not peers.topaz_available():
+    if not cache.is_file() and not peers.topaz_available():
         log.warning("Topaz is not installed: bash benchmarks/setup_topaz.sh")
         return None
-    out, seconds = {}, 0.0
-    for diameter, group in index.groupby("diameter_px"):
-        picks, sec = peers.run_topaz([Path(p) for p in group["path"]], float(diameter), CACHE / "topaz" / f"work_{name}", threads=2)
-        seconds += sec
-        stem_to_name = {Path(p).stem: n for p, n in zip(group["path"], group["name"])}
-        out.update({stem_to_name[s]: df for s, df in picks.items()})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    pd.concat([df.assign(micrograph=n) for n, df in out.items()], ignore_index=True).to_csv(cache, index=False)
-    log.info("Topaz on %s: %.1f s per micrograph", name, seconds / len(index))
-    return out
+    work = CACHE / "topaz" / f"work_{name}"
+    return _peer_candidates(cache, index, ["diameter_px"],
+                            lambda paths, key: peers.run_topaz(paths, float(key[0]), work, threads=2), f"Topaz on {name}")
 
 
 def topaz_sets() -> dict[str, tuple[pd.DataFrame, str]]:
@@ -776,27 +787,13 @@ def relion_log_candidates(name: str, index: pd.DataFrame, adjust: float) -> dict
     import peers
 
     cache = CACHE / "relion_log" / f"{name}_{adjust:g}.csv"
-    if cache.is_file():
-        table = pd.read_csv(cache, dtype={"micrograph": str})
-        groups = {n: g[["x", "y", "score"]].reset_index(drop=True) for n, g in table.groupby("micrograph")}
-        return {n: groups.get(n, pd.DataFrame({"x": [], "y": [], "score": []})) for n in index["name"]}
-    if not peers.relion_log_available():
+    if not cache.is_file() and not peers.relion_log_available():
         log.warning("relion_autopick is not installed (Debian: apt-get install relion)")
         return None
-    out, seconds = {}, 0.0
-    for (diameter, angpix, _), group in index.groupby(["diameter_px", "pixel_size_A", "shape"]):
-        picks, sec = peers.run_relion_log([Path(p) for p in group["path"]], float(diameter), float(angpix),
-                                          CACHE / "relion_log" / f"work_{name}", threshold=adjust)  # fmt: skip
-        seconds += sec
-        stem_to_name = {Path(p).stem: n for p, n in zip(group["path"], group["name"])}
-        out.update({stem_to_name[s]: df for s, df in picks.items()})
-    table = pd.concat([df.assign(micrograph=n) for n, df in out.items()], ignore_index=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(cache)
-    log.info("RELION LoG on %s (adjust %g): %.2f s per micrograph", name, adjust, seconds / len(index))
-    return out
+    work = CACHE / "relion_log" / f"work_{name}"
+    return _peer_candidates(cache, index, ["diameter_px", "pixel_size_A", "shape"],
+                            lambda paths, key: peers.run_relion_log(paths, float(key[0]), float(key[1]), work, threshold=adjust),
+                            f"RELION LoG on {name} (adjust {adjust:g})")  # fmt: skip
 
 
 def relion_log_sets() -> dict[str, pd.DataFrame]:

@@ -102,27 +102,20 @@ def run_worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_topaz(size: int, count: int) -> float | None:
+def run_peer(peer: str, size: int, count: int) -> float | None:
+    """Seconds per micrograph of a peer picker's whole run on ``count`` micrographs of ``size``
+    (``peer``: "topaz" or "relion_log"), or None when it is not installed."""
     sys.path.insert(0, str(HERE))
     import peers
 
-    if not peers.topaz_available():
+    if not (peers.topaz_available() if peer == "topaz" else peers.relion_log_available()):
         return None
     paths = make_micrographs(size, count)
     with tempfile.TemporaryDirectory() as tmp:
-        _, seconds = peers.run_topaz(paths, BOX_PX, Path(tmp), threshold=-6.0)
-    return seconds / count
-
-
-def run_relion_log(size: int, count: int) -> float | None:
-    sys.path.insert(0, str(HERE))
-    import peers
-
-    if not peers.relion_log_available():
-        return None
-    paths = make_micrographs(size, count)
-    with tempfile.TemporaryDirectory() as tmp:
-        _, seconds = peers.run_relion_log(paths, BOX_PX, PIXEL_A, Path(tmp))
+        if peer == "topaz":
+            _, seconds = peers.run_topaz(paths, BOX_PX, Path(tmp), threshold=-6.0)
+        else:
+            _, seconds = peers.run_relion_log(paths, BOX_PX, PIXEL_A, Path(tmp))
     return seconds / count
 
 
@@ -163,8 +156,8 @@ def main() -> None:
         dense4 = run_worker(size, "dense4", args.repeats, args.gpu)
         patches = run_worker(size, "patches", 1, args.gpu) if size in patch_sizes else None
         cli = run_cli(size, args.repeats)
-        topaz = None if args.no_topaz else run_topaz(size, args.repeats)
-        relion_log = None if args.no_log else run_relion_log(size, args.repeats)
+        topaz = None if args.no_topaz else run_peer("topaz", size, args.repeats)
+        relion_log = None if args.no_log else run_peer("relion_log", size, args.repeats)
         ps = f"{patches['seconds']:9.2f} {patches['peak_rss_mb']:7.0f} {patches['seconds'] / dense['seconds']:7.1f}x" if patches else f"{'-':>9} {'-':>7} {'-':>8}"
         ts = f"{topaz:8.2f} {topaz / cli:7.1f}x" if topaz else f"{'-':>8} {'-':>8}"
         ts += f" {relion_log:6.2f} {relion_log / cli:6.1f}x" if relion_log else f" {'-':>6} {'-':>7}"
