@@ -319,8 +319,9 @@ def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
     saved_floor = PickParams().floor
     if job.params.floor < saved_floor <= lowest < math.inf:
         log.warning("re-thresholding below %g adds no picks: the candidates were saved down to the thresholds the "
-                    "micrographs were picked with (lowest saved score %.3g); for lower ones pick again with the new "
-                    "thresholds and --overwrite, without --rethreshold", saved_floor, lowest)
+                    "micrographs were picked with (lowest saved score %.3g); to pick below it, score them again with the "
+                    "new thresholds (deeppicker pick: --overwrite without --rethreshold; RELION: a new job)",
+                    saved_floor, lowest)
     summary = JobSummary(pd.DataFrame(rows, columns=_COLUMNS), pd.DataFrame(failed, columns=["rlnMicrographName", "reason"]), [])
     write_star(job.summary_path, {"picking_summary": summary.table})
     return summary
