@@ -30,3 +30,18 @@ def test_simulate_parts_is_the_micrograph_the_split_writes(tmp_path: Path) -> No
     np.testing.assert_array_equal(read_micrograph(row["path"]).data, sim.image)
     written = read_coordinates(row["coords"])
     np.testing.assert_allclose(written[["x", "y"]].to_numpy(), sim.centres[["x", "y"]].to_numpy(), atol=1e-3)
+
+
+def test_training_snr_mix_is_a_recipe_choice() -> None:
+    """The shipped recipe trains on the realistic SNR mix; "wide" (the test sets' range, an
+    experiment) draws other micrographs; anything else is refused before any simulation."""
+    import pytest
+
+    assert recipe.Recipe().train_snr == "realistic"
+    with pytest.raises(ValueError, match="train_snr"):
+        recipe.training_index("all", recipe.Recipe(train_snr="high"))
+    # a "wide" training micrograph is drawn by the test sets' rule: log-uniform 0.02-0.5
+    snrs = [recipe.draw_conditions(np.random.default_rng(i), 120.0, snr_mode="wide").snr for i in range(200)]
+    assert 0.02 <= min(snrs) and max(snrs) <= 0.5 and 0.35 < np.mean(np.array(snrs) < 0.1) < 0.65
+    assert recipe.MAP_SPLITS["train_wide"][2] == "wide" and recipe.SPLIT_IDS["train_wide"] not in (
+        recipe.SPLIT_IDS[s] for s in recipe.SPLIT_IDS if s != "train_wide")

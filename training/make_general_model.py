@@ -123,11 +123,15 @@ CALIBRATED_AUGMENTS = (1, 2, 4)
 # "rule" selects the two-level threshold rule of picking (PickParams: confident_threshold,
 # min_confident, low_threshold; benchmarks/accuracy.py --only rule): random molecules over the
 # wide SNR range of the test sets, and EMPTY micrographs only of the maps (no particle of them).
-MAP_SPLITS = {"test": (10, 20, "wide"), "train2": (40, 0, "realistic"), "val2": (8, 12, "realistic"), "rule": (0, 36, "wide")}
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "train2": 3, "val2": 4, "rule": 5}  # seeds; 0-1: first recipe
+# "train_wide" (experiments, Recipe.train_snr = "wide"): training micrographs drawn over the test
+# sets' wide SNR range instead of the realistic mix.
+MAP_SPLITS = {"test": (10, 20, "wide"), "train2": (40, 0, "realistic"), "val2": (8, 12, "realistic"), "rule": (0, 36, "wide"),
+              "train_wide": (40, 0, "wide")}
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "train2": 3, "val2": 4, "rule": 5, "train_wide": 6}  # seeds; 0-1: first recipe
 SYNTHETIC = "synthetic"  # random protein-like molecules (simulate.synthetic_molecule), one per micrograph
 CAGES = "cages"  # random hollow particles (random_cage / random_shell), one per micrograph
-FAMILY_SPLITS = {SYNTHETIC: {"train2": 480, "val2": 32, "rule": 288}, CAGES: {"train2": 160, "val2": 12, "rule": 96}}
+FAMILY_SPLITS = {SYNTHETIC: {"train2": 480, "val2": 32, "rule": 288, "train_wide": 480},
+                 CAGES: {"train2": 160, "val2": 12, "rule": 96, "train_wide": 160}}
 FAMILY_IDS = {SYNTHETIC: 99, CAGES: 97}
 TRAIN, VAL = "train2", "val2"
 
@@ -309,7 +313,7 @@ def simulate_parts(molecule: str, split: str, kind: str, i: int, forced_empty: b
         volume = load_map(molecule)
     diameter_A = estimate_diameter_A(*volume)
     empty = forced_empty or (split.startswith("train") and rng.uniform() < 0.08)
-    snr_mode = "wide" if split in ("test", "rule", "train", "val") else "realistic"
+    snr_mode = "wide" if split in ("test", "rule", "train", "val", "train_wide") else "realistic"
     cond = draw_conditions(rng, diameter_A, empty, snr_mode)
     sim = simulate_micrograph_parts(
         cond.shape, cond.pixel_size_A, [volume], cond.n_particles, names=[molecule],
@@ -424,6 +428,10 @@ class Recipe:
     # and its half turn, chosen on validation micrographs over 4 (same F1, half the scoring time)
     augment: int = 2
     seed: int = SEED
+    # SNR of the training micrographs: "realistic" (70 % 0.1-0.6, 30 % 0.02-0.1; the shipped
+    # recipe) or "wide" (log-uniform 0.02-0.5 as the test sets; other micrographs, split
+    # "train_wide"; an experiment, MODEL_CARD.md "Recipe")
+    train_snr: str = "realistic"
 
 
 def pick_params(recipe: Recipe, **kw) -> PickParams:
@@ -659,9 +667,12 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 def training_index(holdout: str | None, recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(simulated training micrographs, real ribosome micrographs or empty, validation micrographs)."""
     maps = [] if holdout == "all" else [m for m in molecules() if m != holdout]
-    sims = [simulate_split(m, TRAIN).head(recipe.n_map_train) for m in maps]
-    sims.append(simulate_split(SYNTHETIC, TRAIN).head(recipe.n_synthetic_train))
-    sims.append(simulate_split(CAGES, TRAIN).head(recipe.n_cage_train))
+    if recipe.train_snr not in ("realistic", "wide"):
+        raise ValueError(f"train_snr must be realistic or wide, not {recipe.train_snr!r}")
+    train = TRAIN if recipe.train_snr == "realistic" else "train_wide"
+    sims = [simulate_split(m, train).head(recipe.n_map_train) for m in maps]
+    sims.append(simulate_split(SYNTHETIC, train).head(recipe.n_synthetic_train))
+    sims.append(simulate_split(CAGES, train).head(recipe.n_cage_train))
     vals = [simulate_split(m, VAL) for m in maps + [SYNTHETIC, CAGES]]
     # the held-out maps' EMPTY validation micrographs (ice, noise, contamination, carbon: no particle
     # of the molecule) still calibrate the noise guard
