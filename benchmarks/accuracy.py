@@ -47,7 +47,7 @@ import make_general_model as recipe  # noqa: E402
 from deeppicker_relion.centring import attach_centring, attached_centring, load_centring  # noqa: E402
 from deeppicker_relion.evaluate import MATCH_RADIUS, evaluate, match, topn_curve  # noqa: E402
 from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
-from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
+from deeppicker_relion.io.mrc import read_header, read_micrograph  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet  # noqa: E402
 from deeppicker_relion.model import load_model as _load_model  # noqa: E402
 from deeppicker_relion.picking import PickParams, find_candidates, holds_particles, select, select_picks  # noqa: E402
@@ -329,6 +329,12 @@ def _per_snr(results: dict, mol: str, cands: dict, idx: pd.DataFrame) -> None:
 NETWORK_SNR_BINS = (0.0, 0.15, 0.3, 0.6, np.inf)
 
 
+def topn_tp(candidates: pd.DataFrame, ref: pd.DataFrame, box: float) -> int:
+    """How many of the N best candidates match a particle, N = the number of particles."""
+    top = candidates.sort_values("score", ascending=False, kind="stable").head(len(ref))
+    return int((match(top, ref, MATCH_RADIUS * box)[0] >= 0).sum())
+
+
 def network_snr(sim, diameter_px: float) -> float:
     """SNR the network sees: the simulation's noise-free signal and its stochastic noise, each
     resampled and band-passed as preprocessing does (so the box spans 64 px), then the variance of
@@ -368,11 +374,9 @@ def section_snr(results: dict, allow_train: bool) -> None:
             ref, c = refs[row["name"]], cands[row["name"]]
             picks = default_picks(c)
             hits = match(picks, ref, MATCH_RADIUS * box[row["name"]])[0] >= 0
-            top = c.sort_values("score", ascending=False, kind="stable").head(len(ref))
-            top_hits = match(top, ref, MATCH_RADIUS * box[row["name"]])[0] >= 0
             rows.append(dict(molecule=mol, name=row["name"], diameter_px=float(row["diameter_px"]), snr=float(row["snr"]),
                              network_snr=network_snr(sim, float(row["diameter_px"])), particles=len(ref),
-                             picks=len(picks), tp=int(hits.sum()), topn_tp=int(top_hits.sum())))  # fmt: skip
+                             picks=len(picks), tp=int(hits.sum()), topn_tp=topn_tp(c, ref, box[row["name"]])))  # fmt: skip
     if not rows:
         return
     table = pd.DataFrame(rows).sort_values("network_snr", kind="stable")
@@ -751,14 +755,21 @@ def topaz_sets() -> dict[str, tuple[pd.DataFrame, str]]:
     return sets
 
 
+def set_model(holdout: str) -> DeepPickerNet | None:
+    """The model that picks a side-by-side set: the shipped one (``"shipped"``, or --single-model)
+    or the fold model without ``holdout``."""
+    if holdout == "shipped" and SINGLE_MODEL is None:
+        return load_model(WEIGHTS)[0]
+    return fold_model("all" if holdout == "shipped" else holdout, False)
+
+
 def section_topaz(results: dict) -> None:
     print("\n## Side by side with Topaz (resnet16_u64 pretrained general model), same micrographs\n")
     print("| held-out set | DeepPicker F1 @ 0.5 | DeepPicker best F1 | DeepPicker top-N F1 | Topaz F1 @ logit 0 | Topaz best F1 | Topaz top-N F1 |")
     print("|---|---|---|---|---|---|---|")
     for name, (idx, holdout) in topaz_sets().items():
         tz = topaz_candidates(name, idx)
-        shipped = holdout == "shipped" and SINGLE_MODEL is None
-        model = load_model(WEIGHTS)[0] if shipped else fold_model(holdout, False)
+        model = set_model(holdout)
         if tz is None or model is None:
             continue
         checked, factor = size_checked(model, idx)  # ours as `deeppicker pick` runs by default
@@ -796,16 +807,17 @@ def relion_log_candidates(name: str, index: pd.DataFrame, adjust: float) -> dict
                             f"RELION LoG on {name} (adjust {adjust:g})")  # fmt: skip
 
 
-def relion_log_sets() -> dict[str, pd.DataFrame]:
-    """Every held-out set, whole (LoG takes about a second per micrograph)."""
-    sets = {mol: sim_test(mol) for mol in recipe.molecules()}
-    sets["ribosome"] = ribosome()
+def relion_log_sets() -> dict[str, tuple[pd.DataFrame, str]]:
+    """Every held-out set, whole (LoG takes about a second per micrograph), and the model that
+    picks it (as :func:`topaz_sets`)."""
+    sets = {mol: (sim_test(mol), mol) for mol in recipe.molecules()}
+    sets["ribosome"] = (ribosome(), "ribosome")
     for box in (APOFERRITIN_DIAMETER_PX, APOFERRITIN_OUTER_DIAMETER_PX):
-        sets[f"apoferritin_box{box:g}"] = apoferritin(box)
-    for name, idx in sets.items():
-        mics = [read_micrograph(p) for p in idx["path"]]
+        sets[f"apoferritin_box{box:g}"] = (apoferritin(box), "shipped")
+    for name, (idx, holdout) in sets.items():
         # LoG's diameters are in A (the micrographs' own pixel size); one run takes one micrograph size
-        sets[name] = idx.assign(pixel_size_A=[m.pixel_size for m in mics], shape=[str(m.data.shape) for m in mics])
+        headers = [read_header(p) for p in idx["path"]]
+        sets[name] = (idx.assign(pixel_size_A=[px for _, px in headers], shape=[str(shape) for shape, _ in headers]), holdout)
     return sets
 
 
@@ -820,12 +832,9 @@ def _pooled_topn(by_name: dict[str, tuple[int, int]], snr: dict[str, float]) -> 
 
 
 def _topn_hits(cands: dict[str, pd.DataFrame], index: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """{micrograph: (particles among its N best candidates, N = its particles)}."""
     refs, box = references(index), boxes(index)
-    out = {}
-    for name, ref in refs.items():
-        top = cands[name].sort_values("score", ascending=False, kind="stable").head(len(ref))
-        out[name] = (int((match(top, ref, MATCH_RADIUS * box[name])[0] >= 0).sum()), len(ref))
-    return out
+    return {name: (topn_tp(cands[name], ref, box[name]), len(ref)) for name, ref in refs.items()}
 
 
 def section_relion_log(results: dict) -> None:
@@ -839,10 +848,9 @@ def section_relion_log(results: dict) -> None:
     print("|---|---|---|---|---|---|---|---|")
     snr = {r["name"]: r["network_snr"] for r in results.get("snr", {}).get("micrographs", [])}
     ours_hits, log_hits = {}, {}
-    for name, idx in relion_log_sets().items():
+    for name, (idx, holdout) in relion_log_sets().items():
         default, everything = relion_log_candidates(name, idx, LOG_DEFAULT), relion_log_candidates(name, idx, LOG_ALL)
-        holdout = "ribosome" if name == "ribosome" else name if name in recipe.molecules() else "all"
-        model = fold_model(holdout, False) if holdout != "all" or SINGLE_MODEL else load_model(WEIGHTS)[0]
+        model = set_model(holdout)
         if default is None or everything is None or model is None:
             continue
         checked, factor = size_checked(model, idx)

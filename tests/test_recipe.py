@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from deeppicker_relion.io.coords import read_coordinates
 from deeppicker_relion.io.mrc import read_micrograph
@@ -35,8 +36,6 @@ def test_simulate_parts_is_the_micrograph_the_split_writes(tmp_path: Path) -> No
 def test_training_snr_mix_is_a_recipe_choice() -> None:
     """The shipped recipe trains on the realistic SNR mix; "wide" (the test sets' range, an
     experiment) draws other micrographs; anything else is refused before any simulation."""
-    import pytest
-
     assert recipe.Recipe().train_snr == "realistic"
     with pytest.raises(ValueError, match="train_snr"):
         recipe.training_index("all", recipe.Recipe(train_snr="high"))
