@@ -1,0 +1,134 @@
+"""An idealised picker for simulated micrographs: a reference for what a picker could reach on them.
+
+It is given what no real picker has: the exact noise-free image of every particle on the
+micrograph (its projection through the micrograph's CTF, at its true orientation, cut from the
+simulation's signal), the power spectrum of everything else on the micrograph (the simulation's noise and background:
+ice gradient, contamination, carbon)
+and where contamination and carbon lie. It does not know where the particles are. It whitens the
+micrograph and each particle image by that spectrum and cross-correlates them (the matched filter,
+the optimal linear detector of a known signal in Gaussian noise); the score of a position is the
+best of these correlations over the micrograph's own particle images, in units of the whitened
+noise's standard deviation (a score of 3 is 3 sigma above what noise alone gives). Candidates are
+the maxima of that score at least 0.4 diameter apart (the picker's own peak window), as for our
+picker, away from the edges and from contamination and carbon.
+
+It is not a strict bound: a particle image cut from the signal holds the edges of touching
+neighbours, and the best of ~50 correlations lifts noise peaks (as any picker that must try many
+views does). But it knows far more than a picker that must recognise a molecule it has never seen
+in any orientation. Used by ``benchmarks/accuracy.py --only oracle``.
+
+Coordinates: x = column, y = row, pixels of the simulated micrograph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.fft as sfft
+from scipy import ndimage
+
+PEAK_WINDOW = 0.8  # diameters: one maximum per window, as deeppicker_relion.picking's default
+TEMPLATE_SIZE = 1.25  # diameters: side of the square cut around each particle (CTF fringes included)
+
+
+def noise_power(noise: np.ndarray) -> np.ndarray:
+    """Radially averaged power spectrum of ``noise`` on the rfft2 grid, normalised so that white
+    noise of unit variance has power 1 at every frequency."""
+    rows, cols = noise.shape
+    spec = sfft.rfft2(noise - noise.mean(), workers=-1)
+    power = (np.abs(spec) ** 2) / (rows * cols)
+    fy = sfft.fftfreq(rows)[:, None]
+    fx = sfft.rfftfreq(cols)[None, :]
+    radius = np.sqrt(fy**2 + fx**2)
+    step = 1.0 / min(rows, cols)
+    ring = np.minimum((radius / step).astype(int), int(0.75 / step))
+    weight = np.full(power.shape, 2.0)  # the rfft half-plane counts the other half of the plane once more
+    weight[:, 0] = 1.0
+    if cols % 2 == 0:
+        weight[:, -1] = 1.0
+    total = np.bincount(ring.ravel(), (power * weight).ravel())
+    count = np.bincount(ring.ravel(), weight.ravel())
+    mean = total / np.maximum(count, 1)
+    return np.maximum(mean[ring], 1e-12 * mean.max()).astype(np.float64)
+
+
+def whitening(noise: np.ndarray) -> np.ndarray:
+    """The whitening filter of ``noise`` on the rfft2 grid: 1 / sqrt(its power), 0 at zero frequency
+    (a micrograph's mean carries no position)."""
+    out = 1.0 / np.sqrt(noise_power(noise))
+    out[0, 0] = 0.0
+    return out
+
+
+def _template_spectrum(signal: np.ndarray, x: float, y: float, half: int, whiten: np.ndarray) -> np.ndarray:
+    """Whitened spectrum of the signal around (x, y), placed so that its centre sits at pixel 0."""
+    rows, cols = signal.shape
+    ix, iy = int(round(x)), int(round(y))
+    r0, r1 = max(0, iy - half), min(rows, iy + half + 1)
+    c0, c1 = max(0, ix - half), min(cols, ix + half + 1)
+    placed = np.zeros(signal.shape, np.float64)
+    patch = signal[r0:r1, c0:c1].astype(np.float64)
+    rr = (np.arange(r0, r1) - iy) % rows
+    cc = (np.arange(c0, c1) - ix) % cols
+    placed[np.ix_(rr, cc)] = patch
+    return sfft.rfft2(placed, workers=-1) * whiten
+
+
+def score_map(data: np.ndarray, signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame,
+              diameter_px: float) -> np.ndarray:
+    """The idealised picker's score at every pixel of ``data``: the best whitened correlation with
+    the particle images cut from ``signal`` around ``centres`` (x, y), in standard deviations of the
+    whitened ``noise`` (on noise alone, each correlation has mean 0 and spread 1)."""
+    whiten = whitening(noise)
+    data_w = sfft.rfft2(data - data.mean(), workers=-1) * whiten
+    half = int(np.ceil(0.5 * TEMPLATE_SIZE * diameter_px))
+    best = np.full(data.shape, -np.inf)
+    for x, y in centres[["x", "y"]].to_numpy(float):
+        template = _template_spectrum(signal, x, y, half, whiten)
+        norm = np.sqrt(_spectrum_energy(template, data.shape))
+        if norm > 0:
+            np.maximum(best, sfft.irfft2(data_w * np.conj(template), s=data.shape, workers=-1) / norm, out=best)
+    return best
+
+
+def oracle_candidates(data: np.ndarray, signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame,
+                      diameter_px: float, forbidden: np.ndarray | None = None) -> pd.DataFrame:
+    """Candidates (x, y, score: :func:`score_map`) of the idealised picker on ``data``, best first.
+
+    ``data``: the micrograph (signal + noise + background); ``signal``: its noise-free particles;
+    ``noise``: everything else (noise and background), whose spectrum whitens; ``centres``: x, y of
+    the particles (only to cut their images from ``signal``); ``diameter_px``: particle diameter;
+    ``forbidden``: where contamination or carbon lies (> 0.5), also known to this picker: no
+    candidate within half a diameter of it. Positions within half a diameter of an edge are not
+    scored (no particle is simulated there).
+    """
+    best = score_map(data, signal, noise, centres, diameter_px)
+    if not np.isfinite(best).any():
+        return pd.DataFrame({"x": [], "y": [], "score": []})
+    size = max(1, int(round(PEAK_WINDOW * diameter_px)))
+    peaks = best == ndimage.maximum_filter(best, size=size, mode="nearest")
+    edge = int(np.ceil(0.5 * diameter_px))
+    peaks[:edge], peaks[-edge:], peaks[:, :edge], peaks[:, -edge:] = False, False, False, False
+    if forbidden is not None and (forbidden > 0.5).any():
+        peaks &= ndimage.distance_transform_edt(forbidden <= 0.5) > 0.5 * diameter_px
+    rows, cols = np.nonzero(peaks)
+    out = pd.DataFrame({"x": cols.astype(float), "y": rows.astype(float), "score": best[rows, cols]})
+    return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _spectrum_energy(spectrum: np.ndarray, shape: tuple[int, int]) -> float:
+    """Sum of squares in real space of the image whose rfft2 is ``spectrum`` (Parseval)."""
+    weight = np.full(spectrum.shape[1], 2.0)
+    weight[0] = 1.0
+    if shape[1] % 2 == 0:
+        weight[-1] = 1.0
+    return float((np.abs(spectrum) ** 2 * weight).sum() / (shape[0] * shape[1]))
+
+
+def whitened_snr(signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame, diameter_px: float) -> np.ndarray:
+    """Each particle's detectability for the idealised picker: the whitened energy of its image,
+    i.e. the mean score at its centre in units of the noise's standard deviation (d')."""
+    whiten = whitening(noise)
+    half = int(np.ceil(0.5 * TEMPLATE_SIZE * diameter_px))
+    return np.array([np.sqrt(_spectrum_energy(_template_spectrum(signal, x, y, half, whiten), signal.shape))
+                     for x, y in centres[["x", "y"]].to_numpy(float)])  # fmt: skip
