@@ -429,8 +429,8 @@ def section_snr(results: dict, allow_train: bool) -> None:
 
 def section_oracle(results: dict, allow_train: bool) -> None:
     """How far ours is from what a picker could do on the simulated held-out sets: an idealised
-    picker (benchmarks/oracle.py) that knows every particle's exact noise-free image and the noise's
-    spectrum, against ours (picked as in the leave-one-molecule-out table), on the same re-simulated
+    picker (benchmarks/oracle.py) that knows every particle's exact noise-free image, the spectrum of
+    the rest of the micrograph and where contamination and carbon lie, against ours (picked as in the leave-one-molecule-out table), on the same re-simulated
     micrographs. Per set and by the SNR the network sees: the highest recall one global threshold
     reaches at precision >= 0.85 (the issue's precision target; an oracle threshold for both) and
     top-N recall; d' is the idealised picker's mean score at a particle in noise standard deviations."""
