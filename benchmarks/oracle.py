@@ -17,6 +17,10 @@ neighbours, and the best of ~50 correlations lifts noise peaks (as any picker th
 views does). But it knows far more than a picker that must recognise a molecule it has never seen
 in any orientation. Used by ``benchmarks/accuracy.py --only oracle``.
 
+:func:`network_grid_candidates` runs it on the micrograph as the network sees it (resampled so
+the diameter spans 64 px and band-passed, as preprocessing does): what that step costs in
+detectable information.
+
 Coordinates: x = column, y = row, pixels of the simulated micrograph.
 """
 
@@ -27,35 +31,37 @@ import pandas as pd
 import scipy.fft as sfft
 from scipy import ndimage
 
+from deeppicker_relion.preprocess import INPUT_SIZE, _fourier_resample, box_scale, resampled_shape
+
 PEAK_WINDOW = 0.8  # diameters: one maximum per window, as deeppicker_relion.picking's default
 TEMPLATE_SIZE = 1.25  # diameters: side of the square cut around each particle (CTF fringes included)
 
 
 def noise_power(noise: np.ndarray) -> np.ndarray:
-    """Radially averaged power spectrum of ``noise`` on the rfft2 grid, normalised so that white
-    noise of unit variance has power 1 at every frequency."""
+    """Power spectrum of ``noise`` on the rfft2 grid, smoothed over a few frequency pixels (its
+    periodogram is one noisy sample per frequency), normalised so that white noise of unit variance
+    has power 1 at every frequency. Not radially averaged: resampling and filters can make the
+    spectrum anisotropic."""
     rows, cols = noise.shape
     spec = sfft.rfft2(noise - noise.mean(), workers=-1)
     power = (np.abs(spec) ** 2) / (rows * cols)
-    fy = sfft.fftfreq(rows)[:, None]
-    fx = sfft.rfftfreq(cols)[None, :]
-    radius = np.sqrt(fy**2 + fx**2)
-    step = 1.0 / min(rows, cols)
-    ring = np.minimum((radius / step).astype(int), int(0.75 / step))
-    weight = np.full(power.shape, 2.0)  # the rfft half-plane counts the other half of the plane once more
-    weight[:, 0] = 1.0
-    if cols % 2 == 0:
-        weight[:, -1] = 1.0
-    total = np.bincount(ring.ravel(), (power * weight).ravel())
-    count = np.bincount(ring.ravel(), weight.ravel())
-    mean = total / np.maximum(count, 1)
-    return np.maximum(mean[ring], 1e-12 * mean.max()).astype(np.float64)
+    negative_rows = np.roll(power[::-1], 1, axis=0)  # row i holds frequency -ky of row i
+    mirror = np.arange(cols // 2 + 1, cols)  # full-grid columns of negative kx = column - cols
+    full = np.concatenate([power, negative_rows[:, cols - mirror]], axis=1)  # standard FFT order
+    smooth = ndimage.uniform_filter(full, size=SMOOTH_PX, mode="wrap")[:, : power.shape[1]]
+    return np.maximum(smooth, 1e-12 * smooth.max()).astype(np.float64)
+
+
+SMOOTH_PX = 5  # frequency pixels over which the periodogram is averaged
 
 
 def whitening(noise: np.ndarray) -> np.ndarray:
-    """The whitening filter of ``noise`` on the rfft2 grid: 1 / sqrt(its power), 0 at zero frequency
-    (a micrograph's mean carries no position)."""
-    out = 1.0 / np.sqrt(noise_power(noise))
+    """The whitening filter of ``noise`` on the rfft2 grid: 1 / sqrt(its power); 0 at zero frequency
+    (a micrograph's mean carries no position) and where the power is below 1e-6 of its peak (no
+    content there, e.g. beyond the original Nyquist of an upsampled micrograph)."""
+    power = noise_power(noise)
+    out = 1.0 / np.sqrt(power)
+    out[power < 1e-6 * power.max()] = 0.0
     out[0, 0] = 0.0
     return out
 
@@ -114,6 +120,24 @@ def oracle_candidates(data: np.ndarray, signal: np.ndarray, noise: np.ndarray, c
     rows, cols = np.nonzero(peaks)
     out = pd.DataFrame({"x": cols.astype(float), "y": rows.astype(float), "score": best[rows, cols]})
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def network_grid_candidates(signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame, diameter_px: float,
+                            forbidden: np.ndarray | None = None) -> pd.DataFrame:
+    """:func:`oracle_candidates` on the micrograph resampled and band-passed as preprocessing does
+    (the diameter spans 64 px); candidates in pixels of the original micrograph."""
+    shape = resampled_shape(signal.shape, box_scale(diameter_px))
+    sy, sx = shape[0] / signal.shape[0], shape[1] / signal.shape[1]
+    sig = _fourier_resample(signal - signal.mean(), shape, INPUT_SIZE)
+    rest = _fourier_resample(noise - noise.mean(), shape, INPUT_SIZE)
+    grid_centres = centres.assign(x=centres["x"] * sx, y=centres["y"] * sy)
+    mask = None
+    if forbidden is not None:
+        rows = np.clip(np.round((np.arange(shape[0]) + 0.5) / sy - 0.5).astype(int), 0, signal.shape[0] - 1)
+        cols = np.clip(np.round((np.arange(shape[1]) + 0.5) / sx - 0.5).astype(int), 0, signal.shape[1] - 1)
+        mask = forbidden[np.ix_(rows, cols)]
+    found = oracle_candidates(sig + rest, sig, rest, grid_centres, float(INPUT_SIZE), mask)
+    return found.assign(x=found["x"] / sx, y=found["y"] / sy)
 
 
 def _spectrum_energy(spectrum: np.ndarray, shape: tuple[int, int]) -> float:

@@ -24,8 +24,8 @@ def molecule():
     return sim.synthetic_molecule(120.0, PIXEL, seed=3), PIXEL
 
 
-def parts(molecule, snr, seed, shape=(256, 448), n=12):
-    return sim.simulate_micrograph_parts(shape, PIXEL, [molecule], n, snr=snr, ice=0.0, seed=seed)
+def parts(molecule, snr, seed, shape=(256, 448), n=12, pixel=PIXEL):
+    return sim.simulate_micrograph_parts(shape, pixel, [molecule], n, snr=snr, ice=0.0, seed=seed)
 
 
 def test_scores_on_coloured_noise_have_unit_spread(molecule):
@@ -54,3 +54,17 @@ def test_candidates_at_particle_centres_in_our_convention(molecule):
     assert (match(top, p.centres, 0.2 * diameter)[0] >= 0).mean() >= 0.9
     swapped = top.rename(columns={"x": "y", "y": "x"})[["x", "y", "score"]]
     assert (match(swapped, p.centres, 0.2 * diameter)[0] >= 0).mean() <= 0.2
+
+
+@pytest.mark.parametrize("pixel", [5.0, 1.6])  # particle ~24 px (grid upsampled) / ~75 px (downsampled)
+def test_network_grid_candidates_in_original_pixels(molecule, pixel):
+    """On the network's grid (resampled so the diameter spans 64 px), candidates come back in
+    pixels of the original micrograph, at the particle centres."""
+    p = parts(molecule, 0.5, seed=6, shape=(int(1280 / pixel), int(2240 / pixel)), pixel=pixel)
+    diameter = float(p.centres["diameter_px"].iloc[0])
+    rest = p.noise + p.background
+    found = oracle.network_grid_candidates(p.signal, rest, p.centres, diameter)
+    top = found.head(len(p.centres))
+    matched, dist = match(top, p.centres, 0.2 * diameter)
+    assert (matched >= 0).mean() >= 0.9
+    assert np.nanmean(dist) < 0.1 * diameter
