@@ -473,7 +473,7 @@ def section_oracle(results: dict, allow_train: bool) -> None:
                                                                     diameter, sim.forbidden)  # fmt: skip
             found_all["idealised, network grid"][name] = oracle.network_grid_candidates(sim.signal, rest, sim.centres,
                                                                                         diameter, sim.forbidden)  # fmt: skip
-            dprimes.append(oracle.whitened_snr(sim.signal, rest, sim.centres, diameter))
+            dprimes.append(found_all["idealised"][name].attrs["dprime"])
             rows.append(dict(molecule=mol, name=name, network_snr=network_snr(sim, diameter), particles=len(refs[name]),
                              dprime=float(np.median(dprimes[-1]))))  # fmt: skip
         ours = metrics(cands, idx)

@@ -2,9 +2,8 @@
 
 It is given what no real picker has: the exact noise-free image of every particle on the
 micrograph (its projection through the micrograph's CTF, at its true orientation, cut from the
-simulation's signal), the power spectrum of everything else on the micrograph (the simulation's noise and background:
-ice gradient, contamination, carbon)
-and where contamination and carbon lie. It does not know where the particles are. It whitens the
+simulation's signal), the power spectrum of everything else on the micrograph (the simulation's
+noise and background: ice gradient, contamination, carbon) and where contamination and carbon lie. It does not know where the particles are. It whitens the
 micrograph and each particle image by that spectrum and cross-correlates them (the matched filter,
 the optimal linear detector of a known signal in Gaussian noise); the score of a position is the
 best of these correlations over the micrograph's own particle images, in units of the whitened
@@ -32,9 +31,11 @@ import scipy.fft as sfft
 from scipy import ndimage
 
 from deeppicker_relion.preprocess import INPUT_SIZE, _fourier_resample, box_scale, resampled_shape
+from deeppicker_relion.simulate import _filtered_power
 
 PEAK_WINDOW = 0.8  # diameters: one maximum per window, as deeppicker_relion.picking's default
 TEMPLATE_SIZE = 1.25  # diameters: side of the square cut around each particle (CTF fringes included)
+SMOOTH_PX = 5  # frequency pixels over which the noise periodogram is averaged
 
 
 def noise_power(noise: np.ndarray) -> np.ndarray:
@@ -50,9 +51,6 @@ def noise_power(noise: np.ndarray) -> np.ndarray:
     full = np.concatenate([power, negative_rows[:, cols - mirror]], axis=1)  # standard FFT order
     smooth = ndimage.uniform_filter(full, size=SMOOTH_PX, mode="wrap")[:, : power.shape[1]]
     return np.maximum(smooth, 1e-12 * smooth.max()).astype(np.float64)
-
-
-SMOOTH_PX = 5  # frequency pixels over which the periodogram is averaged
 
 
 def whitening(noise: np.ndarray) -> np.ndarray:
@@ -81,25 +79,28 @@ def _template_spectrum(signal: np.ndarray, x: float, y: float, half: int, whiten
 
 
 def score_map(data: np.ndarray, signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame,
-              diameter_px: float) -> np.ndarray:
+              diameter_px: float) -> tuple[np.ndarray, np.ndarray]:
     """The idealised picker's score at every pixel of ``data``: the best whitened correlation with
     the particle images cut from ``signal`` around ``centres`` (x, y), in standard deviations of the
-    whitened ``noise`` (on noise alone, each correlation has mean 0 and spread 1)."""
+    whitened ``noise`` (on noise alone, each correlation has mean 0 and spread 1); and each
+    particle's detectability d' (the whitened norm of its image: its mean score at its centre)."""
     whiten = whitening(noise)
     data_w = sfft.rfft2(data - data.mean(), workers=-1) * whiten
     half = int(np.ceil(0.5 * TEMPLATE_SIZE * diameter_px))
     best = np.full(data.shape, -np.inf)
-    for x, y in centres[["x", "y"]].to_numpy(float):
+    dprime = np.zeros(len(centres))
+    for i, (x, y) in enumerate(centres[["x", "y"]].to_numpy(float)):
         template = _template_spectrum(signal, x, y, half, whiten)
-        norm = np.sqrt(_spectrum_energy(template, data.shape))
-        if norm > 0:
-            np.maximum(best, sfft.irfft2(data_w * np.conj(template), s=data.shape, workers=-1) / norm, out=best)
-    return best
+        dprime[i] = np.sqrt(_filtered_power(template, data.shape[1]))  # Parseval: the image's sum of squares
+        if dprime[i] > 0:
+            np.maximum(best, sfft.irfft2(data_w * np.conj(template), s=data.shape, workers=-1) / dprime[i], out=best)
+    return best, dprime
 
 
 def oracle_candidates(data: np.ndarray, signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame,
                       diameter_px: float, forbidden: np.ndarray | None = None) -> pd.DataFrame:
-    """Candidates (x, y, score: :func:`score_map`) of the idealised picker on ``data``, best first.
+    """Candidates (x, y, score: :func:`score_map`) of the idealised picker on ``data``, best first;
+    ``.attrs["dprime"]``: each particle's d' (:func:`score_map`).
 
     ``data``: the micrograph (signal + noise + background); ``signal``: its noise-free particles;
     ``noise``: everything else (noise and background), whose spectrum whitens; ``centres``: x, y of
@@ -108,9 +109,11 @@ def oracle_candidates(data: np.ndarray, signal: np.ndarray, noise: np.ndarray, c
     candidate within half a diameter of it. Positions within half a diameter of an edge are not
     scored (no particle is simulated there).
     """
-    best = score_map(data, signal, noise, centres, diameter_px)
+    best, dprime = score_map(data, signal, noise, centres, diameter_px)
     if not np.isfinite(best).any():
-        return pd.DataFrame({"x": [], "y": [], "score": []})
+        out = pd.DataFrame({"x": [], "y": [], "score": []})
+        out.attrs["dprime"] = dprime
+        return out
     size = max(1, int(round(PEAK_WINDOW * diameter_px)))
     peaks = best == ndimage.maximum_filter(best, size=size, mode="nearest")
     edge = int(np.ceil(0.5 * diameter_px))
@@ -119,7 +122,9 @@ def oracle_candidates(data: np.ndarray, signal: np.ndarray, noise: np.ndarray, c
         peaks &= ndimage.distance_transform_edt(forbidden <= 0.5) > 0.5 * diameter_px
     rows, cols = np.nonzero(peaks)
     out = pd.DataFrame({"x": cols.astype(float), "y": rows.astype(float), "score": best[rows, cols]})
-    return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    out = out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    out.attrs["dprime"] = dprime
+    return out
 
 
 def network_grid_candidates(signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame, diameter_px: float,
@@ -138,21 +143,3 @@ def network_grid_candidates(signal: np.ndarray, noise: np.ndarray, centres: pd.D
         mask = forbidden[np.ix_(rows, cols)]
     found = oracle_candidates(sig + rest, sig, rest, grid_centres, float(INPUT_SIZE), mask)
     return found.assign(x=found["x"] / sx, y=found["y"] / sy)
-
-
-def _spectrum_energy(spectrum: np.ndarray, shape: tuple[int, int]) -> float:
-    """Sum of squares in real space of the image whose rfft2 is ``spectrum`` (Parseval)."""
-    weight = np.full(spectrum.shape[1], 2.0)
-    weight[0] = 1.0
-    if shape[1] % 2 == 0:
-        weight[-1] = 1.0
-    return float((np.abs(spectrum) ** 2 * weight).sum() / (shape[0] * shape[1]))
-
-
-def whitened_snr(signal: np.ndarray, noise: np.ndarray, centres: pd.DataFrame, diameter_px: float) -> np.ndarray:
-    """Each particle's detectability for the idealised picker: the whitened energy of its image,
-    i.e. the mean score at its centre in units of the noise's standard deviation (d')."""
-    whiten = whitening(noise)
-    half = int(np.ceil(0.5 * TEMPLATE_SIZE * diameter_px))
-    return np.array([np.sqrt(_spectrum_energy(_template_spectrum(signal, x, y, half, whiten), signal.shape))
-                     for x, y in centres[["x", "y"]].to_numpy(float)])  # fmt: skip
