@@ -108,3 +108,128 @@ def train_from_files(
 def _check_abort(should_abort: Callable[[], bool] | None) -> None:
     if should_abort is not None and should_abort():
         raise Aborted("abort requested")
+
+
+# --------------------------------------------------------------------------------------------------
+# Several data sets (cross-molecule training from solved projects)
+# --------------------------------------------------------------------------------------------------
+
+
+def dataset_examples(
+    sets: list,
+    params: TrainParams,
+    normalisation: str,
+    vet_model: DeepPickerNet | None = None,
+    device: str = "cpu",
+    should_abort: Callable[[], bool] | None = None,
+    progress: bool = False,
+) -> tuple[TrainingSet, list[dict]]:
+    """Patches of every micrograph of every :class:`~.datasets.LabelledSet`, read ONE micrograph at a
+    time (only patches are kept: 16 KiB each). ``normalisation``: the trained model's;
+    ``vet_model`` (needed for ``params.incomplete_labels == "model"``) scores the micrographs of
+    sets with incomplete labels. Returns (patches, one summary per set)."""
+    from .pipeline import prepare
+    from .preprocess import preprocess
+    from .training import micrograph_examples, vet_micrograph
+
+    rng = np.random.default_rng(params.seed)
+    parts: list[TrainingSet] = []
+    summaries = []
+    total = sum(len(s.micrographs) for s in sets)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="reading micrographs", unit="micrograph")
+    for s in sets:
+        size = ParticleSize(diameter_A=s.diameter_A) if s.diameter_A else (ParticleSize(box_px=s.box_px) if s.box_px else None)
+        counts = {"name": s.name, "micrographs": 0, "particles": 0, "background": 0, "skipped": 0,
+                  "labels": "complete" if s.complete else "incomplete"}
+        for _, row in s.micrographs.iterrows():
+            _check_abort(should_abort)
+            box = row.get("box_px", np.nan)
+            mic_size = ParticleSize(box_px=float(box)) if box == box and box > 0 else size
+            try:
+                if mic_size is None:
+                    raise JobError("no particle size for this micrograph", row["path"])
+                prepared = prepare(row["name"], row["path"], mic_size, row.get("pixel_size"), normalisation)
+            except DeepPickerError as err:
+                log.warning("skipped for training: %s", err)
+                counts["skipped"] += 1
+                continue
+            vetting = None
+            if not s.complete and params.incomplete_labels == "model":
+                if vet_model is None:
+                    raise JobError("incomplete labels with the 'model' strategy need a vetting model")
+                pre = prepared.pre
+                image = pre.image
+                if vet_model.normalisation != normalisation:
+                    image = preprocess(prepared.micrograph.data, prepared.box_px, vet_model.normalisation).image
+                cx, cy = pre.to_resampled(*s.centres[row["name"]].T)
+                vetting = vet_micrograph(vet_model, image, np.column_stack([cx, cy]), params, device)
+            part, info = micrograph_examples(prepared.pre, s.centres[row["name"]], rng, params, s.complete, vetting)
+            parts.append(part)
+            counts["micrographs"] += 1
+            counts["particles"] += info["particles"]
+            counts["background"] += info["background"]
+            log.debug("%s %s: %s", s.name, row["name"], info)
+            del prepared, vetting
+            if bar is not None:
+                bar.update(1)
+        log.info("data set %s: %d particle and %d background patches from %d micrographs (%d skipped)",
+                 s.name, counts["particles"], counts["background"], counts["micrographs"], counts["skipped"])
+        summaries.append(counts)
+    if bar is not None:
+        bar.close()
+    data = TrainingSet.concat(parts)
+    if len(data) == 0:
+        raise JobError("no particles to train on: no micrograph of any data set could be read")
+    return data, summaries
+
+
+def train_from_datasets(
+    sets: list,
+    output: Path,
+    params: TrainParams = TrainParams(),
+    init: DeepPickerNet | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    extra_info: dict | None = None,
+    should_abort: Callable[[], bool] | None = None,
+    vet_model: DeepPickerNet | None = None,
+) -> tuple[DeepPickerNet, History]:
+    """Train (or fine-tune ``init``) on several labelled data sets and save the best weights to
+    ``output`` (safetensors). ``vet_model``: the model that vets background on sets with incomplete
+    labels (default: ``init``, else the shipped general model)."""
+    normalisation = init.normalisation if init is not None else DEFAULT_NORMALISATION
+    if params.incomplete_labels == "model" and any(not s.complete for s in sets) and vet_model is None:
+        if init is not None:
+            vet_model = init
+        else:
+            from .model import load_model
+
+            vet_model, _ = load_model(None, device)
+    data, summaries = dataset_examples(sets, params, normalisation, vet_model, device, should_abort, progress)
+    n_pos = int(data.labels.sum())
+    log.info("training on %d particle and %d background patches from %d data sets", n_pos, len(data) - n_pos, len(sets))
+    try:
+        model, history = train(data, params, device=device, init=init, progress=progress,
+                               on_epoch=lambda epoch: _check_abort(should_abort))
+    except ValueError as err:
+        raise JobError(str(err)) from None
+    info = {
+        "recipe": "deeppicker train (data sets)",
+        "train_params": asdict(params),
+        "datasets": summaries,
+        "n_particles": n_pos,
+        "n_background": len(data) - n_pos,
+        "best_epoch": history.best_epoch + 1,
+        "val_loss": history.val_loss[history.best_epoch],
+        "val_accuracy": history.val_accuracy[history.best_epoch],
+        "fine_tuned": init is not None,
+        **(extra_info or {}),
+    }
+    save_model(model, output, info)
+    log.info("wrote %s (best epoch %d of %d, validation loss %.4f, accuracy %.3f)",
+             output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"])
+    return model, history
