@@ -194,15 +194,23 @@ def project_dir(star: Path) -> Path | None:
     return None
 
 
-def _locate(name: str, roots: Sequence[Path]) -> str:
-    """Where micrograph ``name`` lives: as given if it exists, else below the first root holding it."""
+def _locate(name: str, roots: Sequence[Path], by_name: dict[str, str] | None = None) -> str:
+    """Where micrograph ``name`` lives: as given if it exists, else below the first root holding it,
+    else (downloaded entries, ``by_name``: file name -> local path) the local file of that name."""
     p = Path(name)
     if p.is_absolute() or p.exists():
         return str(p)
     for root in roots:
         if (root / p).exists():
             return str(root / p)
+    if by_name and p.name in by_name:
+        return by_name[p.name]
     return str(roots[0] / p) if roots else name
+
+
+def _local_files(spec: DataSpec) -> dict[str, str]:
+    """File name -> local path of the micrographs an EMPIAR download fetched (else empty)."""
+    return {Path(f).name: f for f in spec.options.get("_files", "").splitlines() if f}
 
 
 def _roots(spec: DataSpec, source: Path | None) -> list[Path]:
@@ -245,7 +253,8 @@ def _from_particles(spec: DataSpec, table: pd.DataFrame, source: Path, shifts: b
 
     roots = _roots(spec, source)
     names = list(dict.fromkeys(table["micrograph"]))
-    paths = {n: _locate(n, roots) for n in names}
+    local = _local_files(spec)
+    paths = {n: _locate(n, roots, local) for n in names}
     known = _mics_pixel_sizes(spec)
     if "angpix" in spec.options:
         known = {n: float(spec.options["angpix"]) for n in names}
@@ -269,6 +278,9 @@ def _from_particles(spec: DataSpec, table: pd.DataFrame, source: Path, shifts: b
 def _finish(spec: DataSpec, mics: pd.DataFrame, centres: dict[str, np.ndarray], complete: bool) -> LabelledSet:
     """Apply ``max_mics``/``angpix``/``labels``; keep the micrographs that have particles."""
     mics = mics[mics["name"].isin([n for n, c in centres.items() if len(c)])].reset_index(drop=True)
+    local = set(_local_files(spec).values())
+    if local:  # a downloaded entry: the micrographs fetched (max_mics of them)
+        mics = mics[mics["path"].isin(local)].reset_index(drop=True)
     if mics.empty:
         raise JobError("no micrograph of this data set has particles", spec.source)
     if "max_mics" in spec.options:
@@ -289,7 +301,8 @@ def _from_coordinate_files(spec: DataSpec, mics: pd.DataFrame, coords: dict[str,
 
     roots = _roots(spec, source)
     mics = mics.copy()
-    mics["path"] = [p if Path(p).exists() else _locate(n, roots) for n, p in zip(mics["name"], mics["path"])]
+    local = _local_files(spec)
+    mics["path"] = [p if Path(p).exists() else _locate(n, roots, local) for n, p in zip(mics["name"], mics["path"])]
     known = _mics_pixel_sizes(spec)
     mics["pixel_size"] = [known.get(n, p) for n, p in zip(mics["name"], mics["pixel_size"])]
     mics["box_px"] = np.nan
@@ -348,6 +361,7 @@ def read_dataset(spec: DataSpec, cache: Path | None = None, progress: bool = Fal
 
         return _from_particles(spec, read_particles_cs(path), path, shifts=False)
     if src.endswith(".star") and "coords" not in spec.options:
+        # (micrographs of a downloaded entry are found by file name when the STAR's names differ)
         if not path.is_file():
             raise JobError("data set file not found", path)
         if path.name.startswith("coords_suffix_"):
@@ -372,7 +386,7 @@ def read_dataset(spec: DataSpec, cache: Path | None = None, progress: bool = Fal
                        "coords=<coordinate files>", path)
     if "coords" not in spec.options:
         raise JobError("micrographs without coordinates: add coords=<files, glob or folder>", src)
-    mics = micrograph_list([src])
+    mics = micrograph_list(list(_local_files(spec).values()) or [src])
     coords = coordinate_files(mics, [spec.options["coords"]])
     return _from_coordinate_files(spec, mics, coords, path if src.endswith(".star") else None)
 
