@@ -20,45 +20,34 @@ normalised as they were trained (``normalisation`` in their metadata); ``PickPar
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from .errors import JobError
-from .model import DeepPickerWide, read_safetensors, write_safetensors
-from .preprocess import INPUT_SIZE, NORMALISATIONS
+# the network's class and weights files are in model.py (load_model attaches it); re-exported here
+from .model import CENTRING_ARCHITECTURE as ARCHITECTURE
+from .model import CENTRING_OUTPUT_SCALE as OUTPUT_SCALE
+from .model import (
+    CentringNet,
+    attach_centring,
+    attached_centring,
+    default_centring_path,
+    load_centring,
+    shipped_centring_for,
+    write_safetensors,
+)
+from .preprocess import INPUT_SIZE
+
+__all__ = [
+    "ARCHITECTURE", "MAX_SHIFT", "OUTPUT_SCALE", "CentringNet", "attach_centring", "attached_centring", "cut_windows",
+    "default_centring_path", "load_centring", "predict_offsets", "recentre", "save_centring", "shipped_centring_for",
+    "transform_offsets",
+]
 
 HALF = INPUT_SIZE // 2
-ARCHITECTURE = "deeppicker2016-wide-centring"
-# the network's outputs are offsets / OUTPUT_SCALE (resampled px): unit-sized targets for training
-OUTPUT_SCALE = 4.0
 # largest move of a pick, fraction of the box: a correction, never a jump to another particle
 MAX_SHIFT = 0.15
-
-
-class CentringNet(DeepPickerWide):
-    """``deeppicker2016-wide-centring``: the ``deeppicker2016-wide`` layers with a 2-output last layer;
-    ``forward`` maps (N, 1, 64, 64) windows to (N, 2) offsets (dx, dy) in resampled pixels of the
-    particle's centre from the window's centre (index 32)."""
-
-    architecture = ARCHITECTURE
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc2 = nn.Linear(self.fc1.out_features, 2)
-        nn.init.zeros_(self.fc2.weight)  # starts as "no correction"
-        nn.init.zeros_(self.fc2.bias)
-        self.dropout = nn.Dropout(0.1)
-        self.normalisation = "local"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return OUTPUT_SCALE * super().forward(x)
-
-    def dense_logits(self, image: torch.Tensor, step: int = 4) -> torch.Tensor:  # pragma: no cover - guard
-        raise TypeError("the centring network regresses offsets of single windows; it does not score micrographs")
 
 
 def cut_windows(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,55 +110,7 @@ def recentre(net: CentringNet, image: np.ndarray, x: np.ndarray, y: np.ndarray, 
     return x + shrink * dx, y + shrink * dy
 
 
-def default_centring_path() -> Path:
-    """The shipped centring network."""
-    return Path(str(resources.files("deeppicker_relion") / "pretrained" / "centring.safetensors"))
-
-
 def save_centring(net: CentringNet, path: str | Path, metadata: dict | None = None) -> None:
     """Save a centring network as safetensors, atomically, with its architecture, normalisation and
     ``metadata`` (JSON)."""
     write_safetensors(net, path, {**(metadata or {}), "normalisation": net.normalisation})
-
-
-def load_centring(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[CentringNet, dict]:
-    """Load a centring network (default: the shipped one) -> (network in eval mode, metadata).
-    Raises :class:`JobError` naming the file if it is missing, unreadable or not a centring network."""
-    path = Path(path) if path is not None else default_centring_path()
-    if not path.is_file():
-        raise JobError("centring weights file not found", path)
-    state, meta, info = read_safetensors(path)
-    if meta.get("architecture") != ARCHITECTURE:
-        raise JobError(f"not a centring network (architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r})", path)
-    net = CentringNet()
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise JobError(f"weights do not fit the centring network ({str(err).strip().splitlines()[0]})", path) from None
-    normalisation = info.get("normalisation", "local")
-    if normalisation not in NORMALISATIONS:
-        raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
-    net.normalisation = normalisation
-    return net.to(device).eval(), info
-
-
-def shipped_centring_for(normalisation: str, device: str | torch.device = "cpu") -> CentringNet | None:
-    """The shipped centring network if it reads micrographs normalised as ``normalisation`` (the
-    classifier's) and is installed; else None (picks keep the score map's centres)."""
-    path = default_centring_path()
-    if not path.is_file():
-        return None
-    net, _ = load_centring(path, device)
-    return net if net.normalisation == normalisation else None
-
-
-def attach_centring(model: nn.Module, net: CentringNet | None) -> None:
-    """Give a classifier the centring network its picks use (None: none). Kept outside the
-    classifier's modules, so its weights file, state dict and fine-tuning are unaffected."""
-    model.__dict__["centring"] = net
-
-
-def attached_centring(model: nn.Module) -> CentringNet | None:
-    """The centring network attached to a classifier (:func:`attach_centring`; load_model attaches
-    the shipped one where it fits), or None."""
-    return model.__dict__.get("centring")

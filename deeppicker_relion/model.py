@@ -302,7 +302,85 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
     model.normalisation = normalisation
     model.to(device).eval()
-    from .centring import attach_centring, shipped_centring_for  # centring.py builds on this module
-
     attach_centring(model, shipped_centring_for(normalisation, device))
     return model, info
+
+
+# --------------------------------------------------------------------------------------------------
+# The centring network (centring.py moves picks with it): its class and weights files live here,
+# beside the classifier it is built on, so that load_model attaches it without importing centring.py.
+# --------------------------------------------------------------------------------------------------
+
+CENTRING_ARCHITECTURE = "deeppicker2016-wide-centring"
+# the network's outputs are offsets / CENTRING_OUTPUT_SCALE (resampled px): unit-sized targets for training
+CENTRING_OUTPUT_SCALE = 4.0
+
+
+class CentringNet(DeepPickerWide):
+    """``deeppicker2016-wide-centring``: the ``deeppicker2016-wide`` layers with a 2-output last layer;
+    ``forward`` maps (N, 1, 64, 64) windows to (N, 2) offsets (dx, dy) in resampled pixels of the
+    particle's centre from the window's centre (index 32)."""
+
+    architecture = CENTRING_ARCHITECTURE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc2 = nn.Linear(self.fc1.out_features, 2)
+        nn.init.zeros_(self.fc2.weight)  # starts as "no correction"
+        nn.init.zeros_(self.fc2.bias)
+        self.dropout = nn.Dropout(0.1)
+        self.normalisation = "local"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return CENTRING_OUTPUT_SCALE * super().forward(x)
+
+    def dense_logits(self, image: torch.Tensor, step: int = 4) -> torch.Tensor:  # pragma: no cover - guard
+        raise TypeError("the centring network regresses offsets of single windows; it does not score micrographs")
+
+
+def default_centring_path() -> Path:
+    """The shipped centring network."""
+    return Path(str(resources.files("deeppicker_relion") / "pretrained" / "centring.safetensors"))
+
+
+def load_centring(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[CentringNet, dict]:
+    """Load a centring network (default: the shipped one) -> (network in eval mode, metadata).
+    Raises :class:`JobError` naming the file if it is missing, unreadable or not a centring network."""
+    path = Path(path) if path is not None else default_centring_path()
+    if not path.is_file():
+        raise JobError("centring weights file not found", path)
+    state, meta, info = read_safetensors(path)
+    if meta.get("architecture") != CENTRING_ARCHITECTURE:
+        raise JobError(f"not a centring network (architecture {meta.get('architecture')!r}, expected {CENTRING_ARCHITECTURE!r})", path)
+    net = CentringNet()
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise JobError(f"weights do not fit the centring network ({str(err).strip().splitlines()[0]})", path) from None
+    normalisation = info.get("normalisation", "local")
+    if normalisation not in NORMALISATIONS:
+        raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
+    net.normalisation = normalisation
+    return net.to(device).eval(), info
+
+
+def shipped_centring_for(normalisation: str, device: str | torch.device = "cpu") -> CentringNet | None:
+    """The shipped centring network if it reads micrographs normalised as ``normalisation`` (the
+    classifier's) and is installed; else None (picks keep the score map's centres)."""
+    path = default_centring_path()
+    if not path.is_file():
+        return None
+    net, _ = load_centring(path, device)
+    return net if net.normalisation == normalisation else None
+
+
+def attach_centring(model: nn.Module, net: CentringNet | None) -> None:
+    """Give a classifier the centring network its picks use (None: none). Kept outside the
+    classifier's modules, so its weights file, state dict and fine-tuning are unaffected."""
+    model.__dict__["centring"] = net
+
+
+def attached_centring(model: nn.Module) -> CentringNet | None:
+    """The centring network attached to a classifier (:func:`attach_centring`; load_model attaches
+    the shipped one where it fits), or None."""
+    return model.__dict__.get("centring")

@@ -66,6 +66,7 @@ import json
 import logging
 import math
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -821,11 +822,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     make_model(output, args.holdout, recipe, threads=args.threads)
     if args.holdout == "all" and not args.no_centring:
-        # the shipped centring network starts from this classifier (training/make_centring_model.py)
-        import make_centring_model
-
+        # the shipped centring network starts from this classifier: its own recipe, run as a command
+        # (make_centring_model.py imports this recipe's data functions, so this file does not import it)
         target = output.with_name("centring.safetensors") if args.output else None
-        make_centring_model.main(["--init", str(output)] + (["-o", str(target)] if target else []))
+        centring = [sys.executable, str(Path(__file__).with_name("make_centring_model.py")), "--init", str(output)]
+        return subprocess.run(centring + (["-o", str(target)] if target else []), check=False).returncode
     return 0
 
 
