@@ -57,6 +57,171 @@ def make_micrographs(size: int, count: int) -> list[Path]:
     return paths
 
 
+# The real-size job (issue 26): 4096 x 4096 px micrographs at 1.64 A/px of a 180 A particle, i.e. a
+# 110 px box, so the network sees a 2,388 px grid; about 300 particles each.
+JOB_SIZE = 4096
+JOB_PIXEL_A = 1.64
+JOB_PARTICLES = 300
+
+
+def make_job_micrographs(count: int) -> list[Path]:
+    """``count`` simulated real-size micrographs (cached; ~10 s each to make)."""
+    from deeppicker_relion.io.mrc import write_mrc
+    from deeppicker_relion.simulate import load_map, simulate_micrograph
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(count):
+        path = CACHE / f"job_{JOB_SIZE}_{k:02d}.mrc"
+        if not path.is_file():
+            image, _ = simulate_micrograph((JOB_SIZE, JOB_SIZE), JOB_PIXEL_A, [load_map("proteasome20S_3j9i")],
+                                           n_particles=JOB_PARTICLES, snr=0.1, defocus_um=1.0 + 0.1 * k, seed=7000 + k)
+            write_mrc(path, image, JOB_PIXEL_A)
+        paths.append(path)
+    return paths
+
+
+# Stages of a pick job, timed by wrapping the functions that do them (stage_profile); time spent
+# in a stage's callees that are stages themselves counts for those (exclusive times), except inside
+# the size check, which counts as a whole. Reading and preprocessing run in the read-ahead thread,
+# at the same time as scoring: their seconds overlap the others'.
+STAGES = [  # (stage, module, function)
+    ("start-up", None, None),
+    ("model load", "deeppicker_relion.cli.pick", "load_model"),
+    ("size check", "deeppicker_relion.cli.pick", "apply_size_check"),
+    ("read", "deeppicker_relion.pipeline", "read_micrograph"),
+    ("prepare, other", "deeppicker_relion.pipeline", "prepare"),
+    ("resample", "deeppicker_relion.preprocess", "_fourier_resample"),
+    ("normalise", "deeppicker_relion.preprocess", "normalise"),
+    ("score", "deeppicker_relion.pipeline", "score_map_dense"),
+    ("centre", "deeppicker_relion.picking", "recentre"),
+    ("peak finding", "deeppicker_relion.pipeline", "find_candidates"),
+    ("writing", "deeppicker_relion.pickjob", "write_outputs"),
+    ("writing", "deeppicker_relion.pickjob", "write_star"),
+    ("report", "deeppicker_relion.report", "write_pick_report"),
+]
+BACKGROUND = {"read", "prepare, other", "resample", "normalise"}  # the read-ahead thread's stages
+
+
+def stage_profile() -> dict[str, float]:
+    """Wrap the STAGES' functions (in the modules that call them) with timers; returns the dict
+    that accumulates seconds per stage (thread-safe enough: one writer per stage and thread)."""
+    import importlib
+    import threading
+
+    totals: dict[str, float] = {}
+    local = threading.local()
+
+    def wrap(stage, fn):
+        def timed(*args, **kwargs):
+            stack = getattr(local, "stack", None)
+            if stack is None:
+                stack = local.stack = []
+            if any(frame[0] == "size check" for frame in stack):
+                return fn(*args, **kwargs)  # inside the size check: counted there
+            stack.append([stage, 0.0])
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                _, children = stack.pop()
+                totals[stage] = totals.get(stage, 0.0) + elapsed - children
+                if stack:
+                    stack[-1][1] += elapsed
+        return timed
+
+    for stage, module, name in STAGES:
+        if module is None:
+            continue
+        mod = importlib.import_module(module)
+        if hasattr(mod, name):
+            setattr(mod, name, wrap(stage, getattr(mod, name)))
+    return totals
+
+
+def job_worker(outdir: str, micrographs: list[str], box: float, extra: list[str]) -> dict:
+    """In this process: `deeppicker pick` on the micrographs (the report included), every stage timed."""
+    started = time.perf_counter()
+    totals = stage_profile()  # imports the package (start-up)
+    from deeppicker_relion.cli.main import main as cli_main
+
+    totals["start-up"] = time.perf_counter() - started
+    begin = time.perf_counter()
+    code = cli_main(["pick", *micrographs, "--box", f"{box:.2f}", "-o", outdir, *extra])
+    main_seconds = time.perf_counter() - begin
+    return {"stages": totals, "main_seconds": main_seconds, "exit": code,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_job(paths: list[Path], extra: list[str]) -> dict:
+    """Our whole command on ``paths`` in a fresh process (start-up included): wall seconds and the
+    worker's stage times; ``extra``: more `deeppicker pick` options."""
+    box = DIAMETER_A / JOB_PIXEL_A
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--job-worker", tmp, f"{box}", *map(str, paths), "--", *extra]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"deeppicker pick failed: {done.stderr[-2000:]}")
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["wall"] = wall
+    out["stages"]["start-up"] = wall - out["main_seconds"]  # interpreter + imports
+    return out
+
+
+def stage_table(job: dict, n: int) -> list[str]:
+    """The per-stage table of one job run."""
+    wall, stages = job["wall"], job["stages"]
+    lines = [f"{'stage':<16} {'seconds':>8} {'per mic':>8} {'% of wall':>9}", "-" * 44]
+    names = list(dict.fromkeys(stage for stage, _, _ in STAGES))
+    foreground = 0.0
+    for name in names:
+        sec = stages.get(name, 0.0)
+        if name not in BACKGROUND:
+            foreground += sec
+        tag = " (read-ahead thread)" if name in BACKGROUND else ""
+        lines.append(f"{name:<16} {sec:8.2f} {sec / n:8.3f} {100 * sec / wall:8.1f}%{tag}")
+    other = wall - foreground
+    lines.append(f"{'other':<16} {other:8.2f} {other / n:8.3f} {100 * other / wall:8.1f}% (main thread, not in a stage)")
+    lines.append(f"{'wall':<16} {wall:8.2f} {wall / n:8.3f} {100.0:8.1f}%")
+    return lines
+
+
+def job_benchmark(count: int, repeats: int, no_log: bool, extra: list[str]) -> None:
+    """The real-size job: ours (whole command, report included) and LoG on the same micrographs,
+    back to back, ``repeats`` times; per-stage table of our last run."""
+    paths = make_job_micrographs(count)
+    box = DIAMETER_A / JOB_PIXEL_A
+    print(f"real-size job: {count} simulated {JOB_SIZE} x {JOB_SIZE} px micrographs, {JOB_PIXEL_A} A/px, "
+          f"{DIAMETER_A:.0f} A particle = {box:.1f} px box, network grid "
+          f"{round(JOB_SIZE * 64 / box)} px; {os.cpu_count()} CPU cores; `deeppicker pick` defaults"
+          f"{' ' + ' '.join(extra) if extra else ''} (report included)", flush=True)
+    ratios = []
+    job = None
+    for k in range(repeats):
+        order = ["ours", "log"] if k % 2 == 0 else ["log", "ours"]
+        ours = log_s = None
+        for who in order:
+            if who == "ours":
+                job = run_job(paths, extra)
+                ours = job["wall"] / count
+            elif not no_log:
+                log_s = run_peer("relion_log", JOB_SIZE, count, paths)
+        ratio = f"{log_s / ours:.1f}x" if log_s else "-"
+        if log_s:
+            ratios.append(log_s / ours)
+        print(f"run {k + 1}: ours {ours:.2f} s per micrograph (peak RSS {job['peak_rss_mb']:.0f} MB), "
+              f"LoG {log_s:.2f} s per micrograph; LoG / ours = {ratio}" if log_s else
+              f"run {k + 1}: ours {ours:.2f} s per micrograph", flush=True)
+    if ratios:
+        print(f"LoG / ours over {len(ratios)} runs: median {sorted(ratios)[len(ratios) // 2]:.1f}x "
+              f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x)")
+    print("per-stage profile of our last run (exclusive seconds over the job):")
+    print("\n".join(stage_table(job, count)), flush=True)
+
+
 def worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
     """Pick ``repeats`` micrographs of one size in this process; per-micrograph seconds and peak RSS."""
     import torch
@@ -102,7 +267,7 @@ def run_worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_peer(peer: str, size: int, count: int) -> float | None:
+def run_peer(peer: str, size: int, count: int, paths: list[Path] | None = None) -> float | None:
     """Seconds per micrograph of a peer picker's whole run on ``count`` micrographs of ``size``
     (``peer``: "topaz" or "relion_log"), or None when it is not installed."""
     sys.path.insert(0, str(HERE))
@@ -110,12 +275,13 @@ def run_peer(peer: str, size: int, count: int) -> float | None:
 
     if not (peers.topaz_available() if peer == "topaz" else peers.relion_log_available()):
         return None
-    paths = make_micrographs(size, count)
+    box, pixel = (BOX_PX, PIXEL_A) if paths is None else (DIAMETER_A / JOB_PIXEL_A, JOB_PIXEL_A)
+    paths = make_micrographs(size, count) if paths is None else paths
     with tempfile.TemporaryDirectory() as tmp:
         if peer == "topaz":
-            _, seconds = peers.run_topaz(paths, BOX_PX, Path(tmp), threshold=-6.0)
+            _, seconds = peers.run_topaz(paths, box, Path(tmp), threshold=-6.0)
         else:
-            _, seconds = peers.run_relion_log(paths, BOX_PX, PIXEL_A, Path(tmp))
+            _, seconds = peers.run_relion_log(paths, box, pixel, Path(tmp))
     return seconds / count
 
 
@@ -138,8 +304,22 @@ def main() -> None:
     parser.add_argument("--no-topaz", action="store_true")
     parser.add_argument("--no-log", action="store_true", help="skip RELION's LoG picker")
     parser.add_argument("--gpu", default=None)
+    parser.add_argument("--job", type=int, default=None, metavar="N",
+                        help="the real-size job only: N simulated 4096 px micrographs (110 px box) picked by the "
+                             "whole command and by LoG, back to back, with the per-stage table")
+    parser.add_argument("--job-repeats", type=int, default=2, help="runs of the job (ours and LoG each)")
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--job-worker", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.job_worker:
+        outdir, box, *mics = args.job_worker
+        print(json.dumps(job_worker(outdir, mics, float(box), extra)))
+        return
+    if args.job is not None:
+        job_benchmark(args.job, args.job_repeats, args.no_log, extra)
+        return
     if args.worker:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.gpu)))
         return
