@@ -38,6 +38,7 @@ from .model import (
     write_safetensors,
 )
 from .preprocess import INPUT_SIZE
+from .scoring import window_forward
 
 __all__ = [
     "ARCHITECTURE", "MAX_SHIFT", "OUTPUT_SCALE", "CentringNet", "attach_centring", "attached_centring", "cut_windows",
@@ -77,6 +78,14 @@ def transform_offsets(offsets: torch.Tensor, quarter_turns: int, mirrored: bool)
     return torch.stack([col - HALF, row - HALF], dim=1)
 
 
+def _forward(net: CentringNet, batch: torch.Tensor) -> torch.Tensor:
+    """``net(batch)``; for a plain CentringNet its eval-mode forward without per-layer overheads
+    (:func:`.scoring.window_forward`: same offsets to float rounding, ~1e-5 px; ~2x faster on CPUs)."""
+    if type(net).forward is CentringNet.forward and not net.training:
+        return OUTPUT_SCALE * window_forward(net, batch)
+    return net(batch)
+
+
 @torch.no_grad()
 def predict_offsets(net: CentringNet, windows: np.ndarray, device: str | torch.device = "cpu", batch_size: int = 512) -> np.ndarray:
     """(N, 2) offsets (dx, dy), resampled px, of the particle centre from each window's index 32:
@@ -85,8 +94,8 @@ def predict_offsets(net: CentringNet, windows: np.ndarray, device: str | torch.d
     out = np.zeros((len(windows), 2), np.float32)
     for start in range(0, len(windows), batch_size):
         batch = torch.from_numpy(windows[start : start + batch_size]).to(device)[:, None]
-        direct = net(batch)
-        turned = transform_offsets(net(torch.rot90(batch, 2, dims=(-2, -1))), 2, False)
+        direct = _forward(net, batch)
+        turned = transform_offsets(_forward(net, torch.rot90(batch, 2, dims=(-2, -1))), 2, False)
         out[start : start + len(batch)] = (0.5 * (direct + turned)).float().cpu().numpy()
     return out
 
