@@ -1,5 +1,7 @@
-"""README.md: every command shown in it is run by a test, the parameter reference is what the
-parsers say, and every error message of the troubleshooting table still exists.
+"""README.md: every command shown in it is run by a test, the parameter reference
+(docs/parameters.md, linked from the README) is what the parsers say and every option of the
+README's parameter table exists there, and every error message of the troubleshooting table still
+exists.
 
 Commands are the lines of the README's ```bash / ```console blocks (``$ `` lines in console
 blocks; ``\\`` continuations joined; ``&&`` chains split). Each must be either run here, in README
@@ -23,6 +25,7 @@ from pdfcheck import pdf_pages
 from deeppicker_relion.cli.reference import BEGIN, END, parameter_reference
 
 README = ROOT / "README.md"
+PARAMETERS = ROOT / "docs" / "parameters.md"  # the full reference, generated; the README has the main options
 
 # Commands run outside this file: command -> (file that runs it, strings in that file showing it).
 ELSEWHERE: dict[str, tuple[str, list[str]]] = {
@@ -33,6 +36,16 @@ ELSEWHERE: dict[str, tuple[str, list[str]]] = {
     # The README's first command: the session fixture demo_run runs exactly this (a fresh process of
     # the installed console script in an empty folder); tests/test_demo.py checks what it writes.
     "deeppicker demo": ("tests/conftest.py", ['"demo"', "def demo_run"]),
+    # The scripted RELION pipeline: the harness schedules the External job with these GUI option keys
+    # and runs it with --RunJobs (trailing space); tests/test_relion_external.py runs Import -> this
+    # pick job -> Extract -> Class2D through it with the real RELION 3.1 (skipped where it is missing).
+    'relion_pipeliner --addJob External --addJobOptions "fn_exe == deeppicker_relion_pick;in_mic == '
+    'CtfFind/job004/micrographs_ctf.star;param1_label == particle_diameter;param1_value == 180;nr_threads == 4"': (
+        "tests/relion_harness.py",
+        ['"--addJob", job_type, "--addJobOptions"', '"fn_exe"', '"in_mic"', 'param{i}_label', 'param{i}_value"',
+         '"nr_threads"', 'add_job(project, "External"'],
+    ),
+    'relion_pipeliner --RunJobs "External/job005/ "': ("tests/relion_harness.py", ['"--RunJobs", " ".join(jobs) + " "']),
 }
 RUN_HERE = ("deeppicker ", "deeppicker_relion_pick ")
 
@@ -135,12 +148,41 @@ def test_readme_commands_run_on_the_demo_folder(demo_run, tmp_path: Path, monkey
 
 
 def test_parameter_reference_is_generated_from_the_parsers() -> None:
-    text = README.read_text()
+    assert "(docs/parameters.md)" in README.read_text(), "the README must link the parameter reference"
+    text = PARAMETERS.read_text()
     start = text.index(BEGIN[: BEGIN.index("(")])
     block = text[start : text.index(END) + len(END)]
     assert block == parameter_reference(), (
-        "the README's parameter reference is out of date: run python3 -m deeppicker_relion.cli.reference README.md"
+        "docs/parameters.md is out of date: run python3 -m deeppicker_relion.cli.reference docs/parameters.md"
     )
+
+
+def test_readme_parameter_table_matches_the_parsers() -> None:
+    """Each row of the README's parameter table names options of ``deeppicker pick`` and, after a
+    slash, the RELION pick job's Params label; each must exist, and a default in backticks must be
+    the parser's."""
+    from deeppicker_relion.cli.reference import option_rows, parsers
+
+    text = README.read_text()
+    section = text[text.index("## Parameters") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = [ln.split("|")[1:4] for ln in section.splitlines() if ln.startswith("| `")]
+    assert len(rows) >= 10, rows
+    known = {name: {n.strip("`"): d for names, d, _ in option_rows(parser) for n in names.split(", ")}
+             for name, parser in parsers().items()}
+    problems = []
+    for names, default, _ in rows:
+        cli, _, relion = names.partition(" / ")
+        for option, command in ((cli, "deeppicker pick"), (relion, "deeppicker_relion_pick")):
+            option = option.strip()
+            if not option.startswith("`"):
+                continue  # e.g. "Running tab threads": not an option
+            flag = option.strip("`") if command == "deeppicker pick" else "--" + option.strip("`")
+            if flag not in known[command]:
+                problems.append(f"{command} has no {flag}")
+            elif default.strip().startswith("`") and command == "deeppicker pick" and default.strip() != known[command][flag]:
+                problems.append(f"{command} {flag}: README default {default.strip()}, parser {known[command][flag]}")
+    assert not problems, problems
 
 
 def _source_text() -> str:
