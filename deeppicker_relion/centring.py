@@ -15,7 +15,7 @@ moves by the predicted offset, at most ``max_shift`` x box (:func:`.picking.find
 drops the lower of two candidates that moved closer than the peak spacing). Scores do not change. The shipped
 weights (``pretrained/centring.safetensors``) are used with any classifier whose micrographs are
 normalised as they were trained (``normalisation`` in their metadata); ``PickParams.recentre``,
-``deeppicker pick --no-recentre`` turn it off. Measured: MODEL_CARD.md, "Centring network".
+``deeppicker pick --no-recentre`` turn it off. Measured: docs/experiments.md, "Centring network".
 """
 
 from __future__ import annotations
