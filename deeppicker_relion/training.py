@@ -48,13 +48,15 @@ class TrainParams:
     # validation loss the rate is multiplied by ``lr_decay_factor`` (1 = constant rate)
     lr_decay_factor: float = 1.0
     lr_decay_patience: int = 1
-    # Incomplete labels (curated particle sets; :func:`micrograph_examples`): "model" = background
-    # only where a vetting model confidently sees none (score < ``background_max_score`` within half
-    # a box) and away from its unlabelled peaks (>= ``unlabelled_min_score``); "blobs" = away from
-    # dark particle-sized blobs a label-free detector finds; "none" = as for complete labels.
+    # Incomplete labels (curated particle sets; :func:`micrograph_examples`): "model" = no background
+    # window within ``unlabelled_radius`` box of a peak a vetting model scores >= ``unlabelled_min_score``
+    # away from the labels (an unlabelled particle), and "far" background only where the vetting
+    # model scores the window itself below ``background_max_score``; "blobs" = none within
+    # ``unlabelled_radius`` box of a dark particle-sized blob; "none" = as for complete labels.
     incomplete_labels: str = "model"
-    background_max_score: float = 0.1
+    background_max_score: float = 0.2
     unlabelled_min_score: float = 0.3
+    unlabelled_radius: float = 0.35
     # at most this many particles per micrograph (0 = all): crowded sets do not swamp the others
     max_positives: int = 0
 
@@ -253,6 +255,9 @@ def train(
     y_val = y_all[val_idx].to(device)
     model = copy.deepcopy(init) if init is not None else build_model(params.architecture)
     model.augment_calibration = {}  # the initial model's calibrations do not hold for new weights
+    from .fom import IDENTITY  # ... nor its figure of merit (fitted to its own scores): the network's score
+
+    model.fom = IDENTITY
     model.to(device).to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
     history = History(n_train=len(train_idx), n_val=n_val)
@@ -324,9 +329,9 @@ def dark_blobs(image: np.ndarray, min_separation: float = 0.6) -> np.ndarray:
 @dataclass
 class Vetting:
     """What a vetting model sees on one preprocessed micrograph: ``quiet`` (grid of the score map:
-    True where every window within half a box scores below the background cut), the grid's
-    ``step`` and ``centre`` (resampled px), and ``unlabelled`` peaks (x, y, resampled px) scoring
-    at least the unlabelled cut and >= 0.3 box from every label."""
+    True where the window scores below the background cut), the grid's ``step`` and ``centre``
+    (resampled px), and ``unlabelled`` peaks (x, y, resampled px) scoring at least the unlabelled
+    cut and >= 0.3 box from every label."""
 
     quiet: np.ndarray
     step: int
@@ -334,7 +339,7 @@ class Vetting:
     unlabelled: np.ndarray
 
     def allows(self, pts: np.ndarray) -> np.ndarray:
-        """Whether background windows centred at ``pts`` (x, y resampled px) are confidently empty."""
+        """Whether background windows centred at ``pts`` (x, y resampled px) score as background."""
         if len(pts) == 0:
             return np.zeros(0, bool)
         j = np.clip(np.round((pts[:, 0] - self.centre) / self.step).astype(int), 0, self.quiet.shape[1] - 1)
@@ -353,15 +358,13 @@ def vet_micrograph(
 
     smap = score_map_dense(model, image, device=device)
     scores = smap.scores
-    half_box = max(1, int(round(0.5 * INPUT_SIZE / smap.step))) | 1
-    quiet = ndimage.maximum_filter(scores, size=half_box, mode="nearest") < params.background_max_score
     peak = ndimage.maximum_filter(scores, size=max(1, int(round(0.6 * INPUT_SIZE / smap.step))) | 1, mode="nearest")
     rows, cols = np.nonzero((scores == peak) & (scores >= params.unlabelled_min_score))
     x, y = smap.centres(rows, cols)
     pts = np.column_stack([x, y])
     if len(positives) and len(pts):
         pts = pts[cKDTree(positives).query(pts)[0] >= 0.3 * INPUT_SIZE]
-    return Vetting(quiet, smap.step, smap.centre, pts)
+    return Vetting(scores < params.background_max_score, smap.step, smap.centre, pts)
 
 
 def micrograph_examples(
@@ -379,9 +382,12 @@ def micrograph_examples(
     particle, ``near_miss_fraction`` of them 0.25-0.6 box from a particle, the rest at least
     ``min_negative_distance`` box from every particle. With ``complete=False`` (labels known to be
     incomplete) background must also not sit on an UNLABELLED particle, by ``params.incomplete_labels``:
-    "model" keeps it where ``vetting`` says the micrograph is confidently empty and 0.6 box away
-    from the vetting model's unlabelled peaks; "blobs" keeps it 0.6 box away from dark
-    particle-sized blobs; "none" does nothing more. Returns (patches, counts).
+    "model" keeps every background window ``unlabelled_radius`` box from the peaks ``vetting``
+    finds away from the labels, and the far ones where ``vetting`` scores them as background;
+    "blobs" keeps them ``unlabelled_radius`` box from dark particle-sized blobs; "none" does
+    nothing more. (Near misses stay: off-centre windows teach centring, and a window 0.35 box
+    off an unlabelled particle is one of them.) Returns (patches, counts and
+    ``background_xy``: the background window centres, resampled px).
     """
     centres_xy = np.asarray(centres_xy, float).reshape(-1, 2)
     px, py = pre.to_resampled(centres_xy[:, 0], centres_xy[:, 1])
@@ -405,13 +411,17 @@ def micrograph_examples(
             raise ValueError("incomplete_labels='model' needs the vetting model's view of the micrograph")
         blockers, allowed = vetting.unlabelled, vetting.allows
     min_px = params.min_negative_distance * INPUT_SIZE
+    radius = params.unlabelled_radius * INPUT_SIZE
+    block = cKDTree(blockers) if len(blockers) else None
     near = sample_negatives(pre.image.shape, positives, 3 * n_near, rng, min_px, near_miss_fraction=1.0) if n_near else np.zeros((0, 2))
-    if len(near) and len(blockers):
-        near = near[cKDTree(blockers).query(near)[0] >= 0.6 * INPUT_SIZE]
+    if block is not None and len(near):
+        near = near[block.query(near)[0] >= radius]
     near = near[:n_near]
     n_far = n_neg - len(near)
-    oversample = 1 if allowed is None else 8
-    far = sample_negatives(pre.image.shape, positives, oversample * n_far, rng, min_px, exclude=blockers)
+    oversample = 1 if block is None and allowed is None else 8
+    far = sample_negatives(pre.image.shape, positives, oversample * n_far, rng, min_px)
+    if block is not None and len(far):
+        far = far[block.query(far)[0] >= radius]
     if allowed is not None and len(far):
         far = far[allowed(far)]
     far = far[:n_far]
@@ -420,5 +430,5 @@ def micrograph_examples(
     neg_p = cut_patches(pre.image, neg[:, 0], neg[:, 1]) if len(neg) else np.zeros((0, 1, INPUT_SIZE, INPUT_SIZE), np.float32)
     labels = np.concatenate([np.ones(len(pos_p), np.int64), np.zeros(len(neg_p), np.int64)])
     info = {"particles": len(pos_p), "background": len(neg_p), "wanted_background": n_neg,
-            "unlabelled_blockers": int(len(blockers))}
+            "unlabelled_blockers": int(len(blockers)), "background_xy": neg}
     return TrainingSet(np.concatenate([pos_p, neg_p]), labels), info
