@@ -3,7 +3,7 @@ contamination, the size check, self-training / semi-automated training, and Topa
 side by side. Prints figures (markdown tables); not a timed test.
 
     python benchmarks/accuracy.py                  # everything (trains missing fold models: hours)
-    python benchmarks/accuracy.py --only lomo      # sections: rule, lomo, snr, oracle, shipped, empty, contamination, centres, refine, centring, diameter, sizecheck, finetune, topaz, relion_log
+    python benchmarks/accuracy.py --only lomo      # sections: lomo, calibration, snr, oracle, shipped, empty, contamination, centres, refine, centring, diameter, sizecheck, finetune, topaz, relion_log
     python benchmarks/accuracy.py --no-train       # use only fold models that exist
 
 Held-out sets (never used to train or calibrate the model that picks them):
@@ -40,8 +40,8 @@ import common
 # --only name -> "module:function" in benchmarks/sections/, called as function(results, args); in the
 # order they run by default. Register a new section with one line here.
 SECTIONS = {
-    "rule": "rule:section_rule",
     "lomo": "lomo:section_lomo",
+    "calibration": "calibration:section_calibration",
     "snr": "snr:section_snr",
     "oracle": "idealised:section_oracle",
     "shipped": "shipped:section_shipped",

@@ -41,6 +41,7 @@ from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet  # noqa: E402
 from deeppicker_relion.model import load_model as _load_model  # noqa: E402
+from deeppicker_relion.fom import IDENTITY, calibrate_candidates  # noqa: E402
 from deeppicker_relion.picking import PickParams, find_candidates, select, select_picks  # noqa: E402
 from deeppicker_relion.pipeline import ParticleSize  # noqa: E402
 from deeppicker_relion.preprocess import preprocess  # noqa: E402
@@ -57,7 +58,7 @@ APOFERRITIN_DIAMETER_PX = 57.0  # README: ~57 px disc drawn by the annotators (t
 # 0.2 x 57 px of the references whatever box the picker is given.
 APOFERRITIN_OUTER_DIAMETER_PX = 78.0
 CONTAMINATION_DIR = SHARED / "ucsf_contamination"
-THRESHOLD = 0.5
+THRESHOLD = PickParams().threshold  # the default threshold (of the figure of merit)
 # Candidates kept for the ranking figures (top-N, best F1): every local maximum of the score map, as
 # Topaz's candidates (threshold -1e6) and RELION LoG's (adjust -5) are; the picks at the defaults
 # (>= 0.01 at most) are the same whatever the floor. Until 2026-11-25 this was 0.01, which cut the
@@ -115,8 +116,11 @@ def references(index: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def pick_candidates(model: DeepPickerNet, index: pd.DataFrame, params: PickParams | None = None) -> tuple[dict[str, pd.DataFrame], float]:
-    """Every candidate (score >= FLOOR) of each micrograph, and the mean seconds per micrograph."""
-    params = params or PickParams(floor=FLOOR)
+    """Every candidate (raw network score >= FLOOR) of each micrograph as picking finds it, with
+    ``score`` = its figure of merit (deeppicker_relion/fom.py; the network's score in ``raw_score``),
+    and the mean seconds per micrograph. ``params.floor`` is always FLOOR: the figure of merit
+    describes each micrograph by all its candidates down to it, as picking does."""
+    params = PickParams(**{**(params or PickParams()).__dict__, "floor": FLOOR})
     out, start = {}, time.perf_counter()
     context = getattr(model, "context", 1.0)
     if context != 1.0:  # a model whose window is context x the diameter (experiments)
@@ -124,7 +128,8 @@ def pick_candidates(model: DeepPickerNet, index: pd.DataFrame, params: PickParam
     for _, row in index.iterrows():
         mic = read_micrograph(row["path"])
         pre = preprocess(mic.data, context * float(row["diameter_px"]), model.normalisation)
-        out[row["name"]] = find_candidates(score_map_dense(model, pre.image), pre, params, attached_centring(model))
+        found = find_candidates(score_map_dense(model, pre.image), pre, params, attached_centring(model))
+        out[row["name"]] = calibrate_candidates(found, getattr(model, "fom", IDENTITY))
     return out, (time.perf_counter() - start) / max(1, len(index))
 
 
@@ -175,23 +180,19 @@ def recall_at_precision(cands: dict[str, pd.DataFrame], refs: dict[str, pd.DataF
 
 
 def default_picks(candidates: pd.DataFrame) -> pd.DataFrame:
-    """The picks ``deeppicker pick`` writes at its defaults (threshold 0.5 with the two-level rule)."""
+    """The picks ``deeppicker pick`` writes at its defaults: figure of merit >= the default threshold."""
     return select_picks(candidates, PickParams())
 
 
 def metrics(cands: dict[str, pd.DataFrame], index: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
     refs = references(index)
     box = boxes(index)
-    # at our default threshold, what the picker writes (two-level rule); other scores (Topaz logits): plain cut
+    # at our default threshold, what the picker writes; other scores (Topaz logits): a cut at ``threshold``
     picks = {n: default_picks(c) if threshold == THRESHOLD else select(c, threshold) for n, c in cands.items()}
     total = evaluate(picks, refs, box).iloc[-1]
     curve = topn_curve(cands, refs, box, ratios=np.array([1.0])).iloc[0]
     bf, bt = best_f1(cands, refs, box)
-    extra = {}
-    if threshold == THRESHOLD:  # the same candidates at a plain cut at 0.5 (--low-threshold 0.5)
-        plain = evaluate({n: select(c, THRESHOLD) for n, c in cands.items()}, refs, box).iloc[-1]
-        extra["plain"] = {k: float(plain[k]) for k in ("precision", "recall", "f1")} | {"n_picks": int(plain["n_picks"])}
-    return extra | dict(
+    return dict(
         n_micrographs=len(index), n_reference=int(total["n_reference"]), n_picks=int(total["n_picks"]),
         precision=float(total["precision"]), recall=float(total["recall"]), f1=float(total["f1"]),
         centre_error=float(total["centre_error"]), topn_f1=float(curve["f1"]), best_f1=bf, best_threshold=bt,
@@ -201,7 +202,7 @@ def metrics(cands: dict[str, pd.DataFrame], index: pd.DataFrame, threshold: floa
 def fixed_n(cands: dict[str, pd.DataFrame], index: pd.DataFrame) -> dict:
     """The N best candidates of every micrograph with ONE N for the set, the median number of
     reference particles per micrograph (what a user who knows the typical count gets with
-    ``--threshold 0.0001 --low-threshold 0.0001 --max-picks N``): n, precision, recall, F1."""
+    ``--threshold 0 --max-picks N``, down to the saved candidates): n, precision, recall, F1."""
     refs = references(index)
     n = int(round(float(np.median([len(r) for r in refs.values()]))))
     total = evaluate({k: c.sort_values("score", ascending=False, kind="stable").head(n) for k, c in cands.items()},

@@ -116,7 +116,7 @@ def run_demo(
     folder: str | Path = "deeppicker_demo",
     weights: str | Path | None = None,
     device: str = "cpu",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     on_progress: Callable[[int, int, int, float], None] | None = None,
 ) -> DemoResult:
     """Simulate, pick (``weights``: default the shipped general model), evaluate and report into
@@ -132,7 +132,8 @@ def run_demo(
     model, info = load_model(weights, device)
     mics = micrograph_list([data.star])
     size = ParticleSize(diameter_A=DIAMETER_A)
-    job = PickJob(outdir=folder / "picks", size=size, params=PickParams(threshold=threshold), resume=False)
+    params = PickParams() if threshold is None else PickParams(threshold=threshold)
+    job = PickJob(outdir=folder / "picks", size=size, params=params, resume=False)
     summary = run_pick_job(mics, model, job, device, on_progress=on_progress)
     seconds["pick"] = time.perf_counter() - start
 

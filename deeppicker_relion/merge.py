@@ -35,8 +35,7 @@ _SHARD_FILE = re.compile(r"^(picking_summary|failed_micrographs)\.shard-(\d+)-of
 _FAILED_COLUMNS = ["rlnMicrographName", "reason"]
 # Settings the RELION pick job records per shard (deeppicker_settings.shard-i-of-n.json) that must
 # agree between shards of one job.
-_SETTINGS_KEYS = ("particle_diameter", "box_px", "weights_sha256", "pickname", "threshold", "low_threshold",
-                  "min_confident", "confident_threshold", "max_picks", "augment", "dark_sigma", "recentre", "size_check",
+_SETTINGS_KEYS = ("particle_diameter", "box_px", "weights_sha256", "pickname", "threshold", "max_picks", "augment", "dark_sigma", "recentre", "size_check",
                   "micrographs")
 
 
@@ -163,6 +162,8 @@ def merge_shards(outdir: str | Path, n_shards: int | None = None, micrographs: p
         shard_paths = list(summaries.values()) + list(failed_found.values())
     tables = [t for t in tables if len(t)] or tables[:1]  # a shard may have had no micrographs
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["rlnMicrographName", "status"])
+    if "flag" in table.columns:
+        table["flag"] = table["flag"].astype(str)
     for column in ("n_picks", "n_candidates", "rows", "cols"):
         if column in table.columns:
             table[column] = pd.to_numeric(table[column], errors="coerce").fillna(0).astype(int)
@@ -211,7 +212,15 @@ def write_relion_nodes(outdir: str | Path, merged: Merged, pickname: str, in_mic
     if job_dir.startswith("../"):
         log.warning("%s is outside the RELION project %s: RELION will not find the node", outdir, project_dir)
     node = relion_nodes.write_coordinate_node(job_dir, merged.picked, pickname, str(in_mics_star), version, project_dir)
-    relion_nodes.write_output_nodes(job_dir, [(node, relion_nodes.COORDINATES)], version, project_dir)
+    nodes = [(node, relion_nodes.COORDINATES)]
+    if "flag" in merged.table.columns:  # the micrographs that hold particles: a second node
+        from .pickjob import PARTICLE_MICROGRAPHS, flags_message, write_particle_micrographs
+
+        star = Path(in_mics_star) if Path(in_mics_star).is_file() else Path(project_dir) / in_mics_star
+        n_kept = write_particle_micrographs(star, merged.table, Path(outdir) / PARTICLE_MICROGRAPHS)
+        nodes.append((job_dir + PARTICLE_MICROGRAPHS, relion_nodes.MICROGRAPHS))
+        log.info("%s", flags_message(merged.table, job_dir + PARTICLE_MICROGRAPHS, n_kept))
+    relion_nodes.write_output_nodes(job_dir, nodes, version, project_dir)
     return node
 
 

@@ -18,10 +18,11 @@ Steps (DeepPicker 2016, with the authors' code's bugs fixed):
    (:mod:`.centring`; the shipped one for the shipped model) and ``recentre`` is on, each candidate
    moves to the centre that network reads from the micrograph around it (of two that end closer than
    ``peak_window / 2`` x box, the better one stays);
-5. sort by score; keep those above ``threshold``, at most ``max_picks`` per micrograph.
-
-Candidates down to ``floor`` are kept by :func:`find_candidates` so that picks can be re-thresholded
-later without re-scoring.
+5. sort by score. :func:`find_candidates` returns every candidate down to the raw score ``floor``
+   (1e-5), with the shares of the micrograph removed as ice / carbon and as dark regions;
+   :func:`.fom.calibrate_candidates` turns the raw scores into the figure of merit, and
+   :func:`select_picks` keeps those whose figure of merit is at least ``threshold``, at most
+   ``max_picks`` per micrograph.
 """
 
 from __future__ import annotations
@@ -37,34 +38,21 @@ from scipy.spatial import cKDTree
 
 from .centring import CentringNet, recentre
 from .errors import JobError
+from .fom import FEATURE_FLOOR, SAVE_FLOOR
 from .preprocess import INPUT_SIZE, Preprocessed
 from .scoring import ScoreMap
 
 
-# Micrograph area (in particle boxes, diameter squared) up to which ``min_confident`` candidates show
-# that a micrograph holds particles; a larger micrograph needs proportionally more, since an empty
-# one gathers stray candidates in proportion to its area. 200 is the median of the micrographs the
-# rule was chosen on (11-18 diameters on a side); a 4k micrograph of a small protein spans 1,000+.
-CONFIDENT_AREA = 200.0
-
-
 @dataclass
 class PickParams:
-    """Picking parameters. Distances are fractions of the particle box; scores are 0..1."""
+    """Picking parameters. Distances are fractions of the particle box; ``threshold`` applies to the
+    figure of merit (:mod:`.fom`: a calibrated probability that a pick is a particle, 0..1);
+    ``floor`` is the raw network score down to which candidates are found (the figure of merit
+    describes each micrograph by all of them)."""
 
     threshold: float = 0.5
     max_picks: int | None = None
-    # two-level threshold: on a micrograph with at least ``min_confident`` candidates scoring
-    # ``confident_threshold`` or more (it holds particles; on micrographs larger than
-    # CONFIDENT_AREA particle boxes, proportionally more), candidates down to ``low_threshold`` are
-    # kept too; micrographs with fewer (empty ice, carbon, contamination) keep only those
-    # >= ``threshold``. Off when low_threshold >= threshold. The three values were chosen on
-    # random-molecule and empty selection micrographs (benchmarks/accuracy.py --only rule,
-    # MODEL_CARD.md): the best F1 with no empty micrograph switched to the low cut.
-    low_threshold: float = 0.01
-    min_confident: int = 8
-    confident_threshold: float = 0.25
-    floor: float = 0.01
+    floor: float = FEATURE_FLOOR
     clean: bool = True
     clean_threshold: float = 0.5
     clean_factor: float = 4.0
@@ -86,9 +74,10 @@ class PickParams:
     # whose micrographs are normalised as it was trained). Scores are unchanged.
     recentre: bool = True
 
-    def __post_init__(self) -> None:
-        # every candidate the thresholds can keep must be found: the floor never lies above them
-        self.floor = min(self.floor, self.threshold, self.low_threshold)
+    @property
+    def save_floor(self) -> float:
+        """Figure of merit down to which candidates are saved for re-thresholding."""
+        return min(SAVE_FLOOR, self.threshold)
 
 
 def _logit(p: float) -> float:
@@ -259,6 +248,8 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     logits = score_map.logits
     if params.clean and logits.size:
         logits, _ = clean_ice(logits, params.clean_threshold, params.clean_factor)
+    removed = float((~np.isfinite(logits)).mean()) if logits.size else 0.0
+    dark = dark_regions(pre.image, params.dark_sigma) if params.dark_sigma > 0 else None
     cells_per_box = INPUT_SIZE / score_map.step
     rows, cols = _peaks(logits, params.peak_window * cells_per_box, _logit(params.floor))
     keep = _nms(rows, cols, logits[rows, cols], 0.5 * params.peak_window * cells_per_box)
@@ -277,8 +268,7 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     if params.outlier_fraction < 1 and xr.size:
         ok = _outlier_fraction(pre.image, xr, yr, params.outlier_sigma) <= params.outlier_fraction
         xr, yr, values = xr[ok], yr[ok], values[ok]
-    if params.dark_sigma > 0 and xr.size:
-        dark = dark_regions(pre.image, params.dark_sigma)
+    if dark is not None and xr.size:
         r = np.clip(np.round(yr).astype(int), 0, dark.shape[0] - 1)
         c = np.clip(np.round(xr).astype(int), 0, dark.shape[1] - 1)
         ok = ~dark[r, c]
@@ -286,7 +276,9 @@ def find_candidates(score_map: ScoreMap, pre: Preprocessed, params: PickParams =
     x, y = pre.to_original(xr, yr)
     out = pd.DataFrame({"x": x, "y": y, "score": values})
     out = out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    out.attrs["area_boxes"] = float(pre.image.size) / INPUT_SIZE**2  # for select_picks
+    out.attrs["area_boxes"] = float(pre.image.size) / INPUT_SIZE**2  # for the figure of merit (fom.py)
+    out.attrs["removed_fraction"] = removed
+    out.attrs["dark_fraction"] = float(dark.mean()) if dark is not None and dark.size else 0.0
     return out
 
 
@@ -298,46 +290,16 @@ def area_in_boxes(shape: tuple[int, int], box_px: float) -> float | None:
     return float(shape[0]) * float(shape[1]) / float(box_px) ** 2
 
 
-def select_picks(candidates: pd.DataFrame, params: PickParams, area_boxes: float | None = None) -> pd.DataFrame:
-    """:func:`select` with the thresholds of ``params`` (what every picking path uses).
-    ``area_boxes``: the micrograph's area in particle boxes (default: what :func:`find_candidates`
-    recorded in ``candidates.attrs``; unknown: the rule counts as for a small micrograph)."""
-    if area_boxes is None:
-        area_boxes = candidates.attrs.get("area_boxes")
-    return select(candidates, params.threshold, params.max_picks, params.low_threshold, params.min_confident,
-                  params.confident_threshold, area_boxes)
+def select_picks(candidates: pd.DataFrame, params: PickParams) -> pd.DataFrame:
+    """:func:`select` with the threshold and top-N of ``params`` (what every picking path uses);
+    ``candidates["score"]`` is the figure of merit (:func:`.fom.calibrate_candidates`)."""
+    return select(candidates, params.threshold, params.max_picks)
 
 
-def holds_particles(candidates: pd.DataFrame, confident_threshold: float, min_confident: int,
-                    area_boxes: float | None = None) -> bool:
-    """Whether a micrograph's candidates show it holds particles: at least ``min_confident`` of them
-    score ``confident_threshold`` or more (the first level of the two-level rule); on a micrograph
-    of more than CONFIDENT_AREA boxes, ``min_confident`` x area / CONFIDENT_AREA of them."""
-    needed = max(1, int(min_confident)) * max(1.0, (area_boxes or 0.0) / CONFIDENT_AREA)
-    return int((candidates["score"] >= confident_threshold).sum()) >= needed
-
-
-def select(
-    candidates: pd.DataFrame,
-    threshold: float = 0.5,
-    max_picks: int | None = None,
-    low_threshold: float | None = None,
-    min_confident: int = 5,
-    confident_threshold: float | None = None,
-    area_boxes: float | None = None,
-) -> pd.DataFrame:
-    """Candidates at or above ``threshold``, best first, at most ``max_picks`` of them.
-
-    With ``low_threshold`` (< ``threshold``): if at least ``min_confident`` candidates score
-    ``confident_threshold`` (default: ``threshold``) or more (:func:`holds_particles`, which scales
-    the count with ``area_boxes``), the micrograph holds particles and every candidate scoring
-    ``low_threshold`` or more is kept instead."""
-    cut = threshold
-    if low_threshold is not None and low_threshold < threshold:
-        level = threshold if confident_threshold is None else confident_threshold
-        if holds_particles(candidates, level, min_confident, area_boxes):
-            cut = low_threshold
-    picks = candidates[candidates["score"] >= cut].sort_values("score", ascending=False, kind="stable")
+def select(candidates: pd.DataFrame, threshold: float = 0.5, max_picks: int | None = None) -> pd.DataFrame:
+    """Candidates whose ``score`` is at or above ``threshold``, best first, at most ``max_picks``
+    of them. A higher threshold always gives a subset of the picks."""
+    picks = candidates[candidates["score"] >= threshold].sort_values("score", ascending=False, kind="stable")
     if max_picks is not None and max_picks >= 0:
         picks = picks.head(max_picks)
     return picks.reset_index(drop=True)

@@ -5,10 +5,13 @@ Output layout (RELION's, so that Extract finds the files; the CLI uses it too):
 
 - ``<out>/<micrograph path minus a leading Type/jobNNN/, minus extension>_<pickname>.star``: the
   picks of each micrograph (or ``.box`` / ``.txt`` in those formats);
-- ``<out>/candidates/<same stem>.star``: every candidate down to the score floor, with scores, so
-  picks can be re-thresholded without re-scoring;
-- ``<out>/picking_summary[.shard-i-of-n].star``: one row per micrograph (picks, candidates,
-  seconds, status);
+- ``<out>/candidates/<same stem>.star``: every candidate down to a figure of merit of 0.01 (or the
+  threshold, if lower), with its figure of merit and network score, and what the figure of merit
+  knows of the micrograph, so picks can be re-thresholded without re-scoring;
+- ``<out>/picking_summary[.shard-i-of-n].star``: one row per micrograph (status, picks,
+  candidates, seconds, expected particles, expected precision of the picks, flag);
+- ``<out>/micrographs_with_particles.star`` (:func:`write_particle_micrographs`): the input
+  micrographs STAR less the micrographs flagged empty or mostly ice / carbon / contamination;
 - ``<out>/failed_micrographs.star``: micrographs that could not be picked, with the reason.
 
 Every file is written atomically. A micrograph whose coordinate and candidate files both exist is
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from .errors import DeepPickerError, JobError, MicrographError
@@ -32,9 +36,11 @@ from .io.coords import read_coordinates, write_coordinates
 from .io.atomic import remove_stale_temporaries
 from .io.micrographs import relative_output_stem
 from .io.mrc import read_header, read_shape
-from .io.star import read_coordinate_star, read_star, write_coordinate_star, write_star
+from .fom import expected_precision, micrograph_flag
+from .io.star import first_loop, read_candidate_star, read_coordinate_star, read_star, write_candidate_star, write_star
 from .model import DeepPickerNet
-from .picking import PickParams, area_in_boxes, select_picks
+from .picking import PickParams, select_picks
+from .scoring import read_ahead, score_ahead
 from .pipeline import MicrographResult, ParticleSize, check_particle_size, choose_pixel_size, pick_prepared, prefetch
 
 log = logging.getLogger(__name__)
@@ -143,7 +149,7 @@ class JobSummary:
 
 def write_outputs(job: PickJob, result: MicrographResult) -> None:
     """Candidates first, then the coordinate file (its presence marks the micrograph done)."""
-    write_coordinate_star(job.candidate_path(result.name), result.candidates)
+    write_candidate_star(job.candidate_path(result.name), result.candidates)
     write_coordinates(job.coordinate_path(result.name), result.picks, job.fmt, box_px=int(round(result.box_px)))
 
 
@@ -178,20 +184,23 @@ def run_pick_job(
             name = row["name"]
             try:
                 n_picks = _count_picks(job.coordinate_path(name))
-                n_cand = _count_picks(job.candidate_path(name))
+                cands = read_candidate_star(job.candidate_path(name))
             except DeepPickerError as err:  # unreadable output of an earlier run: pick it again
                 log.warning("picking again: %s", err)
                 done[index] = False
                 continue
             shape = _shape_or_nan(row["path"])
-            rows.append(_row(name, "done before", n_picks, n_cand, 0.0, math.nan, shape, row.get("pixel_size", math.nan)))
+            rows.append(_row(name, "done before", n_picks, len(cands), 0.0, math.nan, shape, row.get("pixel_size", math.nan),
+                             **_merit(cands, cands["score"].to_numpy(float)[:n_picks])))
         todo = mics.loc[~done]
         if done.any():
             log.info("%d of %d micrographs were picked before; picking the other %d", int(done.sum()), len(mics), len(todo))
     if len(todo):
         check_particle_size(todo, job.size)
     total, particles, start = len(mics), sum(r["n_picks"] for r in rows), time.perf_counter()
-    for row, prepared in prefetch(todo, job.size, ahead=job.prefetch, normalisation=model.normalisation):
+    ahead, readers = read_ahead(device, job.prefetch)  # GPU: more read ahead, several micrographs per batch
+    stream = prefetch(todo, job.size, ahead=ahead, normalisation=model.normalisation, workers=readers)
+    for row, prepared, score_map in score_ahead(stream, model, device):
         if should_abort is not None and should_abort():
             raise Aborted("abort requested")
         name = row["name"]
@@ -201,7 +210,7 @@ def run_pick_job(
             rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
         else:
             try:
-                result = pick_prepared(prepared, model, job.params, device, keep_maps=keep_results)
+                result = pick_prepared(prepared, model, job.params, device, keep_maps=keep_results, score_map=score_map)
                 _write_or_fail(write_outputs, job, result)
             except MicrographError as err:
                 log.error("skipped: %s", err)
@@ -211,7 +220,7 @@ def run_pick_job(
             particles += len(result.picks)
             rows.append(
                 _row(name, "picked", len(result.picks), len(result.candidates), result.seconds, result.box_px,
-                     result.shape, result.pixel_size)
+                     result.shape, result.pixel_size, **_merit(result.candidates, result.picks["score"].to_numpy(float)))
             )
             if keep_results:
                 results.append(result)
@@ -237,7 +246,8 @@ def _write_or_fail(write: Callable[..., None], *args) -> None:
         raise JobError(f"cannot write output ({err.strerror or err})", err.filename or "") from None
 
 
-_COLUMNS = ["rlnMicrographName", "status", "n_picks", "n_candidates", "seconds", "box_px", "rows", "cols", "pixel_size"]
+_COLUMNS = ["rlnMicrographName", "status", "n_picks", "n_candidates", "seconds", "box_px", "rows", "cols", "pixel_size",
+            "expected_particles", "expected_precision", "flag"]
 
 
 def _row(
@@ -249,10 +259,24 @@ def _row(
     box_px: float,
     shape: tuple[int, int] = (0, 0),
     pixel_size: float | None = None,
+    expected_particles: float = math.nan,
+    expected_precision: float = math.nan,
+    flag: str = "failed",
 ) -> dict:
     px = math.nan if pixel_size is None else float(pixel_size)
-    values = (name, status, int(n_picks), int(n_candidates), float(seconds), float(box_px), int(shape[0]), int(shape[1]), px)
+    values = (name, status, int(n_picks), int(n_candidates), float(seconds), float(box_px), int(shape[0]), int(shape[1]), px,
+              float(expected_particles), float(expected_precision), str(flag))
     return dict(zip(_COLUMNS, values))
+
+
+def _merit(candidates: pd.DataFrame, picks_fom: np.ndarray) -> dict:
+    """The summary's figure-of-merit columns of one micrograph: its expected number of particles
+    (the sum of all its candidates' figures of merit, recorded when it was picked), the expected
+    precision of its picks (their mean figure of merit) and its flag (:func:`.fom.micrograph_flag`)."""
+    attrs = candidates.attrs or {}
+    expected = float(attrs.get("expected_particles", candidates["score"].sum() if len(candidates) else 0.0))
+    flag = micrograph_flag(expected, float(attrs.get("removed_fraction", 0.0)), float(attrs.get("dark_fraction", 0.0)))
+    return dict(expected_particles=expected, expected_precision=expected_precision(picks_fom), flag=flag)
 
 
 def _count_picks(path: Path) -> int:
@@ -261,13 +285,11 @@ def _count_picks(path: Path) -> int:
     if path.suffix != ".star":
         return len(read_coordinates(path))
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, ValueError) as err:  # ValueError: not text
-        raise JobError(f"cannot read ({getattr(err, 'strerror', None) or err})", path) from None
-    labels = [i for i, line in enumerate(lines) if line.startswith("_")]
-    if not labels or "loop_" not in (line.strip() for line in lines[: labels[0]]):
+        return len(first_loop(path)[1])
+    except ValueError:  # not laid out as this package writes it, or not text
         return len(read_coordinate_star(path))
-    return sum(1 for line in lines[labels[-1] + 1 :] if line.strip() and not line.lstrip().startswith(("#", "data_")))
+    except OSError as err:
+        raise JobError(f"cannot read ({getattr(err, 'strerror', None) or err})", path) from None
 
 
 def _shape_or_nan(path: str) -> tuple[int, int]:
@@ -296,11 +318,13 @@ def write_cryosparc(summary: pd.DataFrame, job: PickJob, path: Path) -> int:
 
 def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
     """Rewrite every micrograph's coordinate file from its saved candidates with the job's
-    threshold and top-N, without scoring again. Micrographs without candidates are listed as failed.
-    Candidates are saved down to the lowest threshold the micrographs were picked with (0.01 at
-    the defaults): a lower threshold here cannot add picks below that, and the log says so."""
+    threshold and top-N, without scoring again: the picks are exactly the saved candidates whose
+    figure of merit is at least the threshold (as picking keeps them). Micrographs without
+    candidates, or with candidates saved by a version without the figure of merit, are listed as
+    failed. Candidates are saved down to a figure of merit of 0.01 (or the threshold picked with,
+    if lower): a lower threshold here cannot add picks below that, and the log says so."""
     rows, failed = [], []
-    lowest = math.inf  # lowest saved candidate score
+    lowest = math.inf  # lowest saved candidate figure of merit
     for _, mic in shard_rows(micrographs, job.shard).iterrows():
         name = mic["name"]
         path = job.candidate_path(name)
@@ -308,23 +332,74 @@ def rethreshold(micrographs: pd.DataFrame, job: PickJob) -> JobSummary:
             failed.append({"rlnMicrographName": name, "reason": f"{path}: no saved candidates (pick it first)"})
             rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
             continue
-        candidates = read_coordinate_star(path)
+        candidates = read_candidate_star(path)
+        if "expected_particles" not in candidates.attrs:
+            failed.append({"rlnMicrographName": name, "reason": f"{path}: saved by an earlier version without the figure "
+                           "of merit: pick it again (--overwrite, or a new RELION job)"})
+            rows.append(_row(name, "failed", 0, 0, 0.0, math.nan))
+            continue
         if len(candidates):
             lowest = min(lowest, float(candidates["score"].min()))
         shape, box_px, pixel_size = _geometry(mic, job)
-        picks = select_picks(candidates, job.params, area_in_boxes(shape, box_px))
+        picks = select_picks(candidates, job.params)
         box = job.size.box_px if job.size.box_px is not None else 0
         write_coordinates(job.coordinate_path(name), picks, job.fmt, box_px=int(round(box)) or 64)
-        rows.append(_row(name, "picked", len(picks), len(candidates), 0.0, box_px, shape, pixel_size))
-    saved_floor = PickParams().floor
-    if job.params.floor < saved_floor <= lowest < math.inf:
-        log.warning("re-thresholding below %g adds no picks: the candidates were saved down to the thresholds the "
-                    "micrographs were picked with (lowest saved score %.3g); to pick below it, score them again with the "
-                    "new thresholds (deeppicker pick: --overwrite without --rethreshold; RELION: a new job)",
-                    saved_floor, lowest)
+        rows.append(_row(name, "picked", len(picks), len(candidates), 0.0, box_px, shape, pixel_size,
+                         **_merit(candidates, picks["score"].to_numpy(float))))
+    saved_floor = PickParams().save_floor
+    if job.params.threshold < saved_floor <= lowest < math.inf:
+        log.warning("re-thresholding below %g adds no picks: the candidates were saved down to a figure of merit of "
+                    "%g (lowest saved %.3g); to pick below it, score them again with the new threshold "
+                    "(deeppicker pick: --overwrite without --rethreshold; RELION: a new job)",
+                    saved_floor, saved_floor, lowest)
     summary = JobSummary(pd.DataFrame(rows, columns=_COLUMNS), pd.DataFrame(failed, columns=["rlnMicrographName", "reason"]), [])
     write_star(job.summary_path, {"picking_summary": summary.table})
+    if failed:
+        reasons = summary.failed["reason"].astype(str).str.replace("'", "", regex=False).str.replace('"', "", regex=False)
+        write_star(job.failed_path, {"failed_micrographs": summary.failed.assign(reason=reasons)})
     return summary
+
+
+PARTICLE_MICROGRAPHS = "micrographs_with_particles.star"
+
+
+def flag_counts(table: pd.DataFrame) -> dict[str, int]:
+    """How many micrographs of a summary table carry each flag (failed micrographs not counted)."""
+    ok = table[table["status"] != "failed"] if len(table) else table
+    if "flag" not in ok.columns:
+        return {}
+    return {str(k): int(v) for k, v in ok["flag"].astype(str).value_counts().items()}
+
+
+def flags_message(table: pd.DataFrame, node: str, n_kept: int) -> str:
+    """One line for the log: how many micrographs were flagged, and why, and the node that lists
+    the others."""
+    from .fom import EMPTY_EXPECTED, FLAG_EMPTY, FLAG_REMOVED, REMOVED_MOSTLY
+
+    counts = flag_counts(table)
+    n_empty, n_removed = counts.get(FLAG_EMPTY, 0), counts.get(FLAG_REMOVED, 0)
+    return (f"{n_empty + n_removed} micrographs flagged: {n_empty} look empty (fewer than {EMPTY_EXPECTED:g} particles "
+            f"expected), {n_removed} mostly ice, carbon or contamination (over {REMOVED_MOSTLY:.0%} removed); "
+            f"{node} lists the {n_kept} that hold particles (give it to Extract to leave the others out)")
+
+
+def write_particle_micrographs(in_star: str | Path, table: pd.DataFrame, path: str | Path) -> int:
+    """Write ``path``: the micrographs STAR ``in_star`` (every block kept, optics included) with only
+    the micrographs whose flag in the summary ``table`` is "particles" (not empty, not mostly ice /
+    carbon / contamination, not failed). Returns the number of micrographs written."""
+    from .fom import FLAG_OK
+
+    blocks = read_star(in_star)
+    keep = set(table.loc[(table["status"] != "failed") & (table["flag"].astype(str) == FLAG_OK),
+                         "rlnMicrographName"].astype(str))
+    out, n = {}, 0
+    for key, block in blocks.items():
+        if "rlnMicrographName" in block.columns:
+            block = block[block["rlnMicrographName"].astype(str).isin(keep)].reset_index(drop=True)
+            n += len(block)
+        out[key] = block
+    write_star(path, out)
+    return n
 
 
 def _geometry(mic: pd.Series, job: PickJob) -> tuple[tuple[int, int], float, float | None]:

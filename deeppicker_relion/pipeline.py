@@ -20,6 +20,7 @@ from .centring import attached_centring
 from .errors import DeepPickerError, JobError, MicrographError
 from .io.mrc import Micrograph, read_header, read_micrograph
 from .model import DeepPickerNet
+from .fom import IDENTITY, calibrate_candidates
 from .picking import PickParams, find_candidates, select_picks
 from .preprocess import DEFAULT_NORMALISATION, Preprocessed, preprocess
 from .scoring import DEFAULT_STEP, ScoreMap, score_map_dense, score_map_patches
@@ -126,7 +127,9 @@ class Prepared:
 
 @dataclass
 class MicrographResult:
-    """Candidates (all above the floor) and picks of one micrograph. Coordinates: original pixels."""
+    """Candidates (figure of merit down to ``PickParams.save_floor``; attrs: the micrograph's
+    features and expected number of particles, :func:`.fom.calibrate_candidates`) and picks of one
+    micrograph. ``score`` is the figure of merit. Coordinates: original pixels."""
 
     name: str
     candidates: pd.DataFrame
@@ -170,13 +173,18 @@ def pick_prepared(
     step: int = DEFAULT_STEP,
     keep_maps: bool = False,
     patch_by_patch: bool = False,
+    score_map: ScoreMap | None = None,
 ) -> MicrographResult:
     """Score a prepared micrograph and pick it. ``patch_by_patch`` uses the reference sliding
-    window instead of the dense pass (same scores, for benchmarks)."""
+    window instead of the dense pass (same scores, for benchmarks). ``score_map``: its map when
+    already scored (several micrographs per batch on a GPU, :func:`.scoring.score_ahead`)."""
     start = time.perf_counter()
     scorer = score_map_patches if patch_by_patch else score_map_dense
-    smap = scorer(model, prep.pre.image, step=step, device=device)
-    candidates = find_candidates(smap, prep.pre, params, attached_centring(model), device)
+    smap = score_map if score_map is not None else scorer(model, prep.pre.image, step=step, device=device)
+    found = find_candidates(smap, prep.pre, params, attached_centring(model), device)
+    calibrated = calibrate_candidates(found, getattr(model, "fom", IDENTITY))
+    candidates = calibrated[calibrated["score"] >= params.save_floor].reset_index(drop=True)
+    candidates.attrs = calibrated.attrs
     picks = select_picks(candidates, params)
     return MicrographResult(
         prep.name,
@@ -206,7 +214,8 @@ def pick_micrograph(
 
 
 def prefetch(
-    micrographs: pd.DataFrame, size: ParticleSize, ahead: int = 2, normalisation: str = DEFAULT_NORMALISATION
+    micrographs: pd.DataFrame, size: ParticleSize, ahead: int = 2, normalisation: str = DEFAULT_NORMALISATION,
+    workers: int = 1,
 ) -> Iterator[tuple[pd.Series, Prepared | DeepPickerError]]:
     """Yield (row, Prepared or the error) for each row of a micrograph list, reading up to
     ``ahead`` micrographs in a background thread while the caller scores the current one.
@@ -218,7 +227,7 @@ def prefetch(
     def load(row: pd.Series) -> Prepared:
         return prepare(row["name"], row["path"], size, row.get("pixel_size"), normalisation)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # workers > 1: GPU jobs (scoring.read_ahead)
         pending: list[tuple[pd.Series, Future]] = []
         it: Iterable[pd.Series] = iter(rows)
         for row in it:

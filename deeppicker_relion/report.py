@@ -38,8 +38,8 @@ from .figures import plot_scores, plot_topn_curve
 from .io.atomic import atomic_path, write_text_atomic
 from .io.coords import read_coordinates
 from .io.mrc import read_micrograph
-from .io.star import read_coordinate_star
-from .picking import area_in_boxes, select_picks
+from .io.star import first_loop, read_candidate_star, read_coordinate_star
+from .picking import select_picks
 
 __all__ = ["write_pick_report", "add_evaluation_to_report", "write_logfile_pdf", "candidate_scores", "plot_topn_curve"]
 
@@ -101,13 +101,8 @@ def candidate_scores(path: str | Path) -> np.ndarray:
     if not path.is_file():
         return np.zeros(0)
     try:
-        lines = path.read_text().splitlines()
-        header = [i for i, ln in enumerate(lines) if ln.startswith("_")]
-        columns = [lines[i].split()[0] for i in header]
-        col = columns.index("_rlnAutopickFigureOfMerit")
-        rows = [ln.split() for ln in lines[header[-1] + 1 :] if ln.strip() and not ln.lstrip().startswith("#")]
-        if any(len(r) != len(columns) for r in rows):
-            raise ValueError("not a single loop")
+        columns, rows = first_loop(path)
+        col = columns.index("rlnAutopickFigureOfMerit")
         return np.array([float(r[col]) for r in rows], dtype=float)
     except (ValueError, IndexError, OSError):
         try:
@@ -146,7 +141,9 @@ def _summary_text(outdir: Path, table: pd.DataFrame, failed: pd.DataFrame, job, 
     else:
         lines.append(f"particle size: box {job.size.box_px:g} px (circles in the figures)")
     n_cand = sum(len(s) for s in scores.values())
-    lines.append(f"candidates saved for re-thresholding: {n_cand} with score >= {params.floor:g} (in candidates/)")
+    lines.append(f"candidates saved for re-thresholding: {n_cand} with a figure of merit >= {params.save_floor:g} "
+                 "(in candidates/)")
+    lines += _merit_lines(table)
     if seconds.size:
         lines.append(f"time: {seconds.mean():.2f} s per micrograph (reading, preprocessing, scoring), "
                      f"{seconds.sum():.1f} s in all")
@@ -165,6 +162,32 @@ def _summary_text(outdir: Path, table: pd.DataFrame, failed: pd.DataFrame, job, 
               f"<micrograph path>_{job.pickname}.{job.fmt}, candidates/, {job.summary_path.name}, "
               "report.txt, report_*.png, logfile.pdf"]
     return "\n".join(lines) + "\n"
+
+
+def _merit_lines(table: pd.DataFrame) -> list[str]:
+    """What the figure of merit says of the micrographs: expected particles and precision, flags."""
+    from .fom import EMPTY_EXPECTED, FLAG_EMPTY, FLAG_OK, FLAG_REMOVED, REMOVED_MOSTLY
+
+    ok = table[table["status"] != "failed"]
+    if "expected_particles" not in ok.columns or ok.empty:
+        return []
+    expected = pd.to_numeric(ok["expected_particles"], errors="coerce")
+    n_picks = pd.to_numeric(ok["n_picks"], errors="coerce").fillna(0)
+    precision = pd.to_numeric(ok["expected_precision"], errors="coerce")
+    pooled = float((precision.fillna(0) * n_picks).sum() / n_picks.sum()) if n_picks.sum() else float("nan")
+    flags = ok["flag"].astype(str).value_counts()
+    lines = [f"figure of merit (rlnAutopickFigureOfMerit: the calibrated probability that a pick is a particle): "
+             f"{expected.sum():.0f} particles expected on the micrographs picked; expected precision of the picks "
+             f"{pooled:.2f}",
+             f"micrographs flagged: {int(flags.get(FLAG_EMPTY, 0))} empty (fewer than {EMPTY_EXPECTED:g} particles "
+             f"expected), {int(flags.get(FLAG_REMOVED, 0))} mostly ice, carbon or contamination (over "
+             f"{REMOVED_MOSTLY:.0%} removed); {int(flags.get(FLAG_OK, 0))} hold particles"]
+    flagged = ok[ok["flag"].astype(str) != FLAG_OK]
+    for _, row in flagged.head(10).iterrows():
+        lines.append(f"  {row['rlnMicrographName']}: {row['flag']} ({float(row['expected_particles']):.1f} particles expected)")
+    if len(flagged) > 10:
+        lines.append(f"  ... and {len(flagged) - 10} more (picking_summary.star, column flag)")
+    return lines
 
 
 def _panels(table: pd.DataFrame, job, micrographs: pd.DataFrame | None, n_shown: int) -> list[Panel]:
@@ -189,8 +212,7 @@ def _panels(table: pd.DataFrame, job, micrographs: pd.DataFrame | None, n_shown:
                 box = job.size.in_pixels(given, path)
             picks = read_coordinates(job.coordinate_path(name))
             if picks["score"].isna().all() and len(picks):  # .box files hold no scores
-                picks = select_picks(read_coordinate_star(job.candidate_path(name)), job.params,
-                                     area_in_boxes(mic.shape, box))
+                picks = select_picks(read_candidate_star(job.candidate_path(name)), job.params)
         except DeepPickerError:
             continue
         image = display_image(mic.data, box)

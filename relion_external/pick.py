@@ -7,8 +7,12 @@ the job directory: one coordinate STAR per micrograph in RELION's sub-folder lay
 (<job>/<micrograph path without Type/jobNNN/ and extension>_<pickname>.star; rlnCoordinateX = column,
 rlnCoordinateY = row, particle centres in pixels of the micrograph, score in
 rlnAutopickFigureOfMerit), the coordinate node for Extract (3.1: coords_suffix_<pickname>.star;
-4/5: autopick.star), RELION_OUTPUT_NODES.star, particles.cs for CryoSPARC, candidates/ (all
-candidates, for re-thresholding), picking_summary.star and failed_micrographs.star.
+4/5: autopick.star), RELION_OUTPUT_NODES.star, particles.cs for CryoSPARC, candidates/ (for
+re-thresholding), picking_summary.star (per micrograph: expected particles, expected precision of
+its picks, flag), failed_micrographs.star, and a second output node, micrographs_with_particles.star:
+the input micrographs less those flagged empty or mostly ice / carbon / contamination, for Extract.
+The score in rlnAutopickFigureOfMerit is the figure of merit: the calibrated probability that the
+pick is a particle; the threshold applies to it and to nothing else.
 
 Continue (the same command in the same job directory) skips micrographs already picked; with a new
 threshold or max_picks it first re-thresholds them from the saved candidates, without scoring again.
@@ -47,16 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--particle_diameter", type=float, default=None, metavar="A",
              help="particle diameter in Angstrom (required)")
     optional(parser, "--threshold", type=float, default=0.5, metavar="P",
-             help="minimum score 0..1 (default 0.5); a new value on continue re-thresholds without re-scoring")
-    # the defaults of deeppicker_relion.picking.PickParams (not imported here: start-up time)
-    optional(parser, "--low_threshold", type=float, default=0.01, metavar="P",
-             help="on micrographs with at least min_confident candidates >= confident_threshold, also keep "
-                  "picks scoring this or more (default 0.01; >= threshold turns it off)")
-    optional(parser, "--min_confident", type=int, default=8, metavar="N",
-             help="candidates >= confident_threshold that show a micrograph holds particles (default 8; more on "
-                  "micrographs over 200 particle boxes in area, in proportion)")
-    optional(parser, "--confident_threshold", type=float, default=0.25, metavar="P",
-             help="score of the candidates min_confident counts, 0..1 (default 0.25)")
+             help="minimum figure of merit 0..1 (default 0.5): the calibrated probability that a pick is a particle, "
+                  "written as rlnAutopickFigureOfMerit; a new value on continue re-thresholds without re-scoring")
     optional(parser, "--max_picks", type=int, default=None, metavar="N",
              help="at most N picks per micrograph, best first (default: no limit; 0 = no limit)")
     optional(parser, "--augment", type=int, default=None, metavar="N",
@@ -113,9 +109,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
     if args.augment is not None and args.augment not in AUGMENTATIONS:
         raise JobError(f"augment must be one of {', '.join(map(str, AUGMENTATIONS))} (got {args.augment})")
-    for key in ("low_threshold", "confident_threshold"):
-        if not (0.0 <= getattr(args, key) <= 1.0):
-            raise JobError(f"{key} must lie between 0 and 1 (got {getattr(args, key)})")
     check_dark_sigma(args.dark_sigma, "dark_sigma")
     answer = str(args.recentre).strip().lower()
     if answer not in ("yes", "no", "true", "false", "1", "0"):
@@ -159,7 +152,8 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
 
     from deeppicker_relion.model import default_weights_path, load_model
     from deeppicker_relion.parallel import default_threads, parse_devices, pick_in_processes
-    from deeppicker_relion.pickjob import PickJob, parse_shard, rethreshold, run_pick_job, shard_rows, write_cryosparc
+    from deeppicker_relion.pickjob import (PARTICLE_MICROGRAPHS, PickJob, flags_message, parse_shard, rethreshold,
+                                           run_pick_job, shard_rows, write_cryosparc, write_particle_micrographs)
     from deeppicker_relion.report import write_pick_report
     from deeppicker_relion.picking import PickParams
     from deeppicker_relion.pipeline import ParticleSize, resolve_device
@@ -169,9 +163,8 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     pick = PickJob(
         outdir=job.outdir,
         size=ParticleSize(diameter_A=args.particle_diameter),
-        params=PickParams(threshold=args.threshold, max_picks=args.max_picks, low_threshold=args.low_threshold,
-                          min_confident=args.min_confident, confident_threshold=args.confident_threshold,
-                          dark_sigma=args.dark_sigma, recentre=args.recentre),
+        params=PickParams(threshold=args.threshold, max_picks=args.max_picks, dark_sigma=args.dark_sigma,
+                          recentre=args.recentre),
         pickname=args.pickname,
         fmt="star",
         resume=True,
@@ -200,9 +193,6 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         "weights": str(weights),
         "pickname": args.pickname,
         "threshold": args.threshold,
-        "low_threshold": args.low_threshold,
-        "min_confident": args.min_confident,
-        "confident_threshold": args.confident_threshold,
         "max_picks": args.max_picks,
         "augment": args.augment,
         "dark_sigma": args.dark_sigma,
@@ -233,7 +223,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
                                             reuse=True, picked_before=n_done)
     notes += [size_note] if size_note else []
     if previous is not None and n_done:
-        keys = ("threshold", "low_threshold", "min_confident", "confident_threshold", "max_picks")
+        keys = ("threshold", "max_picks")
         if any(previous.get(k, settings[k]) != settings[k] for k in keys):
             rethreshold(mics, pick)
             log.info("re-thresholded %d micrographs picked before from their saved candidates "
@@ -271,9 +261,13 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     log.info("visual report: %s", report)
     job_dir = str(args.o)
     node = relion_nodes.write_coordinate_node(job_dir, picked, args.pickname, args.in_mics, version)
-    relion_nodes.write_output_nodes(job_dir, [(node, relion_nodes.COORDINATES)], version)
+    mics_node = job_dir.rstrip("/") + "/" + PARTICLE_MICROGRAPHS
+    n_mics = write_particle_micrographs(args.in_mics, table, job.outdir / PARTICLE_MICROGRAPHS)
+    relion_nodes.write_output_nodes(job_dir, [(node, relion_nodes.COORDINATES), (mics_node, relion_nodes.MICROGRAPHS)],
+                                    version)
     log.info("coordinates: %s (RELION %s node for Extract); CryoSPARC: %s (%d particles)",
              node, version, job.outdir / "particles.cs", n_cs)
+    log.info("%s", flags_message(table, mics_node, n_mics))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

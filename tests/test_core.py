@@ -422,7 +422,7 @@ def _pre(shape=(60, 70), scale=1.0) -> Preprocessed:
 
 def test_peaks_are_refined_to_subgrid_positions() -> None:
     smap = _map_with_peaks([(20.3, 30.6, 5.0)])
-    cand = find_candidates(smap, _pre(), PickParams(outlier_fraction=1.0))
+    cand = find_candidates(smap, _pre(), PickParams(floor=0.01, outlier_fraction=1.0))
     assert len(cand) == 1
     assert cand.loc[0, "x"] == pytest.approx(30.6 * 4 + 32, abs=0.05)
     assert cand.loc[0, "y"] == pytest.approx(20.3 * 4 + 32, abs=0.05)
@@ -442,7 +442,7 @@ def test_smoothed_refinement_centres_noisy_peaks_better() -> None:
     pre = _pre(shape=logits.shape)
     errors = {}
     for sigma in (0.0, PickParams().refine_sigma):
-        cand = find_candidates(ScoreMap(logits, 4), pre, PickParams(outlier_fraction=1.0, clean=False, dark_sigma=0,
+        cand = find_candidates(ScoreMap(logits, 4), pre, PickParams(floor=0.01, outlier_fraction=1.0, clean=False, dark_sigma=0,
                                                                   refine_sigma=sigma))
         found = np.column_stack([(cand["y"] - 32) / 4, (cand["x"] - 32) / 4])
         d = np.hypot(*(found[:, None] - truth[None]).transpose(2, 0, 1)).min(axis=1)
@@ -463,14 +463,14 @@ def test_smoothing_ignores_cells_removed_as_ice() -> None:
 
 def test_coordinates_are_in_original_pixels() -> None:
     smap = _map_with_peaks([(20.0, 30.0, 5.0)])
-    cand = find_candidates(smap, _pre(scale=0.5), PickParams(outlier_fraction=1.0))
+    cand = find_candidates(smap, _pre(scale=0.5), PickParams(floor=0.01, outlier_fraction=1.0))
     assert (cand.loc[0, "x"], cand.loc[0, "y"]) == pytest.approx(((30 * 4 + 32) / 0.5, (20 * 4 + 32) / 0.5))
 
 
 def test_no_two_picks_closer_than_04_box() -> None:
     # 16 grid cells per box: peaks 4 cells apart (0.25 box) must merge; 8 apart (0.5 box) survive
     smap = _map_with_peaks([(20, 20, 5.0), (20, 24, 4.0), (40, 20, 5.0), (40, 28, 4.5)])
-    cand = find_candidates(smap, _pre(), PickParams(outlier_fraction=1.0, clean=False))
+    cand = find_candidates(smap, _pre(), PickParams(floor=0.01, outlier_fraction=1.0, clean=False))
     xy = cand[["x", "y"]].to_numpy()
     d = np.hypot(*(xy[:, None] - xy[None]).transpose(2, 0, 1))
     assert len(cand) == 3
@@ -492,7 +492,7 @@ def test_outlier_filter_drops_contamination() -> None:
     pre = _pre()
     x, y = 50 * 4 + 32, 40 * 4 + 32
     pre.image[y - 30 : y + 30, x - 30 : x + 30] = -12.0  # a dark blob many sigma deep
-    cand = find_candidates(smap, pre, PickParams())
+    cand = find_candidates(smap, pre, PickParams(floor=0.01))
     assert len(cand) == 1 and cand.loc[0, "x"] == pytest.approx(20 * 4 + 32, abs=0.5)
 
 
@@ -544,8 +544,8 @@ def test_picks_on_dark_regions_are_dropped_unless_the_filter_is_off() -> None:
     keep = particles[0]
     peaks = [((y - 32) / 4, (x - 32) / 4, 5.0) for x, y in (rim, keep)]
     smap = _map_with_peaks(peaks, shape)
-    on = find_candidates(smap, pre, PickParams(outlier_fraction=1.0))
-    off = find_candidates(smap, pre, PickParams(outlier_fraction=1.0, dark_sigma=0.0))
+    on = find_candidates(smap, pre, PickParams(floor=0.01, outlier_fraction=1.0))
+    off = find_candidates(smap, pre, PickParams(floor=0.01, outlier_fraction=1.0, dark_sigma=0.0))
     assert len(off) == 2 and len(on) == 1
     assert (on.loc[0, "x"], on.loc[0, "y"]) == pytest.approx(keep, abs=1.0)
 
@@ -556,123 +556,21 @@ def test_select_threshold_and_top_n() -> None:
     assert select(cand, 0.0, max_picks=2)["score"].tolist() == [0.9, 0.8]
 
 
-def test_select_two_level_threshold_only_on_micrographs_that_hold_particles() -> None:
-    """Low-scoring candidates are kept only where enough confident picks show particles."""
-    busy = pd.DataFrame({"x": np.arange(8.0), "y": np.arange(8.0), "score": [0.9, 0.8, 0.7, 0.6, 0.55, 0.2, 0.06, 0.04]})
-    assert select(busy, 0.5, low_threshold=0.05, min_confident=5)["score"].tolist() == [0.9, 0.8, 0.7, 0.6, 0.55, 0.2, 0.06]
-    assert len(select(busy, 0.5, low_threshold=0.05, min_confident=6)) == 5  # not confirmed
-    assert len(select(busy, 0.5, low_threshold=0.05, min_confident=5, max_picks=6)) == 6
-    assert len(select(busy, 0.5, low_threshold=0.5, min_confident=5)) == 5  # off when low >= threshold
-    empty = busy.assign(score=[0.7, 0.3, 0.2, 0.2, 0.1, 0.1, 0.06, 0.06])  # one stray high score
-    assert select(empty, 0.5, low_threshold=0.05, min_confident=5)["score"].tolist() == [0.7]
-    params = PickParams(threshold=0.5, low_threshold=0.05, min_confident=5)
-    assert len(select_picks(busy, params)) == 7 and len(select_picks(empty, params)) == 1
-
-
-def test_two_level_rule_counts_candidates_at_the_confident_threshold() -> None:
-    """A low-SNR micrograph: no candidate reaches 0.5, but 7 reach 0.3, so it holds particles."""
-    weak = pd.DataFrame({"x": np.arange(10.0), "y": np.arange(10.0),
-                         "score": [0.45, 0.4, 0.38, 0.35, 0.33, 0.31, 0.3, 0.1, 0.03, 0.01]})
-    assert len(select(weak, 0.5, low_threshold=0.02, min_confident=7, confident_threshold=0.3)) == 9
-    assert len(select(weak, 0.5, low_threshold=0.02, min_confident=8, confident_threshold=0.3)) == 0
-    assert len(select(weak, 0.5, low_threshold=0.02, min_confident=7)) == 0  # counted at the threshold
-    assert len(select_picks(weak, PickParams(confident_threshold=0.3, min_confident=7, low_threshold=0.02))) == 9
-    sparse = weak.assign(score=[0.45, 0.4, 0.38, 0.35, 0.33, 0.31, 0.29, 0.1, 0.03, 0.01])
-    assert len(select_picks(sparse, PickParams(confident_threshold=0.3, min_confident=7, low_threshold=0.02))) == 0
-
-
-def test_two_level_rule_asks_more_of_larger_micrographs() -> None:
-    """An empty micrograph gathers stray candidates in proportion to its area: beyond CONFIDENT_AREA
-    boxes the count that shows particles grows with the area."""
-    from deeppicker_relion.picking import CONFIDENT_AREA, holds_particles
-
-    cand = pd.DataFrame({"x": np.arange(12.0), "y": np.arange(12.0), "score": np.full(12, 0.3)})
-    assert holds_particles(cand, 0.25, 8)
-    assert holds_particles(cand, 0.25, 8, area_boxes=CONFIDENT_AREA / 4)  # small: never fewer than 8
-    assert holds_particles(cand, 0.25, 8, area_boxes=1.5 * CONFIDENT_AREA)  # 12 >= 12
-    assert not holds_particles(cand, 0.25, 8, area_boxes=1.6 * CONFIDENT_AREA)  # 12 < 12.8
-    params = PickParams(confident_threshold=0.25, min_confident=8, low_threshold=0.01)
-    weak = cand.assign(score=[0.3] * 8 + [0.05] * 4)
-    assert len(select_picks(weak, params)) == 12
-    weak.attrs["area_boxes"] = 2 * CONFIDENT_AREA  # recorded by find_candidates
-    assert len(select_picks(weak, params)) == 0
-    assert len(select_picks(weak, params, area_boxes=CONFIDENT_AREA)) == 12  # given explicitly
-
-
 def test_find_candidates_records_the_area_in_boxes() -> None:
     pre = _pre((40, 56), scale=0.5)
-    cand = find_candidates(_map_with_peaks([(20, 20, 3.0)], (40, 56)), pre, PickParams(outlier_fraction=1.0, dark_sigma=0.0))
+    cand = find_candidates(_map_with_peaks([(20, 20, 3.0)], (40, 56)), pre, PickParams(floor=0.01, outlier_fraction=1.0, dark_sigma=0.0))
     assert len(cand) == 1 and cand.attrs["area_boxes"] == pytest.approx(pre.image.size / 64**2)
 
 
-def test_rethreshold_scales_the_rule_with_the_micrograph_area(tmp_path: Path) -> None:
-    """Re-thresholding reads each micrograph's area from its header: a 512 x 512 px micrograph with a
-    32 px box spans 256 boxes, so 8 confident candidates (enough on 200 boxes) are not enough."""
-    from deeppicker_relion.io.micrographs import micrograph_list
-    from deeppicker_relion.io.mrc import write_mrc
-    from deeppicker_relion.io.star import read_coordinate_star, write_coordinate_star
-    from deeppicker_relion.pickjob import PickJob, rethreshold
-    from deeppicker_relion.pipeline import ParticleSize
-
-    mics = {}
-    for name, side in (("small", 400), ("large", 512)):  # 156 and 256 boxes
-        write_mrc(tmp_path / f"{name}.mrc", np.zeros((side, side), np.float32), 1.0)
-        mics[name] = tmp_path / f"{name}.mrc"
-    params = PickParams(threshold=0.5, confident_threshold=0.25, min_confident=8, low_threshold=0.01)
-    job = PickJob(outdir=tmp_path / "out", size=ParticleSize(box_px=32.0), params=params)
-    table = micrograph_list([str(p) for p in mics.values()])
-    cand = pd.DataFrame({"x": np.arange(12.0) * 30 + 20, "y": np.full(12, 100.0),
-                         "score": [0.6] + [0.3] * 8 + [0.05] * 3})
-    for name in table["name"]:
-        job.candidate_path(name).parent.mkdir(parents=True, exist_ok=True)
-        write_coordinate_star(job.candidate_path(name), cand)
-    rethreshold(table, job)
-    n = {Path(name).stem: len(read_coordinate_star(job.coordinate_path(name))) for name in table["name"]}
-    assert n == {"small": 12, "large": 1}  # 9 >= 8 confident on 156 boxes; 9 < 8 x 256 / 200 on 256
-
-
-def test_rethreshold_below_the_saved_floor_says_it_adds_nothing(tmp_path: Path, caplog) -> None:
-    """Candidates saved at the default floor (0.01) cannot give picks below it: re-thresholding at
-    0.001 keeps the same picks and the log says to pick again; candidates saved lower are used."""
-    from deeppicker_relion.io.micrographs import micrograph_list
-    from deeppicker_relion.io.mrc import write_mrc
-    from deeppicker_relion.io.star import read_coordinate_star, write_coordinate_star
-    from deeppicker_relion.pickjob import PickJob, rethreshold
-    from deeppicker_relion.pipeline import ParticleSize
-
-    write_mrc(tmp_path / "m.mrc", np.zeros((256, 256), np.float32), 1.0)
-    table = micrograph_list([str(tmp_path / "m.mrc")])
-    name = table["name"].iloc[0]
-    low = PickParams(threshold=0.001, low_threshold=0.001)
-    for scores, expect_warning in (([0.6, 0.3, 0.02], True), ([0.6, 0.3, 0.02, 0.002], False)):
-        job = PickJob(outdir=tmp_path / f"out{len(scores)}", size=ParticleSize(box_px=32.0), params=low)
-        job.candidate_path(name).parent.mkdir(parents=True, exist_ok=True)
-        n = len(scores)
-        write_coordinate_star(job.candidate_path(name), pd.DataFrame({"x": np.arange(n) * 40.0 + 20, "y": np.full(n, 100.0),
-                                                                      "score": scores}))
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="deeppicker_relion.pickjob"):
-            rethreshold(table, job)
-        assert len(read_coordinate_star(job.coordinate_path(name))) == n
-        assert ("adds no picks" in caplog.text) == expect_warning, caplog.text
-
-
-def test_candidate_floor_never_lies_above_the_thresholds() -> None:
-    assert PickParams(low_threshold=0.01).floor == 0.01
-    assert PickParams(threshold=0.005).floor == 0.005
-    d = PickParams()
-    assert d.floor <= min(d.low_threshold, d.threshold)
-
-
-def test_relion_job_and_cli_default_to_the_same_rule() -> None:
+def test_relion_job_and_cli_default_to_the_same_threshold() -> None:
     from deeppicker_relion.cli.main import build_parser
     from relion_external.pick import build_parser as relion_parser
 
-    d = PickParams()
     relion = relion_parser().parse_args(["--o", "x", "--in_mics", "m.star"])
     cli = build_parser("pick").parse_args(["pick", "m.mrc", "--box", "64", "-o", "x"])
-    for key in ("threshold", "low_threshold", "min_confident", "confident_threshold"):
-        assert getattr(relion, key) == getattr(cli, key) == getattr(d, key), key
+    assert relion.threshold == cli.threshold == PickParams().threshold
+    for retired in ("low_threshold", "min_confident", "confident_threshold"):  # the two-level rule is gone
+        assert not hasattr(relion, retired) and not hasattr(cli, retired)
 
 
 # --- evaluation ---------------------------------------------------------------------------------

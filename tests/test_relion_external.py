@@ -155,7 +155,8 @@ def test_pipeline_import_pick_extract_class2d(tmp_path: Path, sim512: pd.DataFra
 
     job_dir = project / ext
     assert markers(job_dir) == [relion_job.SUCCESS]
-    assert job_output_nodes(project, ext) == [(f"{ext}coords_suffix_deeppicker.star", 2)]
+    assert job_output_nodes(project, ext) == [(f"{ext}coords_suffix_deeppicker.star", 2),
+                                              (f"{ext}micrographs_with_particles.star", 1)]
     assert (job_dir / "coords_suffix_deeppicker.star").read_text().strip() == mics
     files = coordinate_files(job_dir)
     assert sorted(files) == [f"sim_{i:04d}" for i in range(4)]
@@ -369,11 +370,10 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
 
 
 def test_rethresholding_writes_what_a_fresh_job_picks(project: Path, shipped: Path, capsys) -> None:
-    """Continuing with new thresholds re-applies the two-level rule to the saved candidates exactly as
-    picking does (the rule's count scales with the micrograph's area, read back from its header)."""
-    rule = ("--threshold", "0.6", "--min_confident", "3", "--confident_threshold", "0.2", "--low_threshold", "0.02")
-    for job, extra in (("External/job010/", rule + ("--threshold", "0.95")), ("External/job010/", rule),
-                       ("External/job011/", rule)):
+    """Continuing with a new threshold keeps exactly the saved candidates a fresh job picks: those
+    whose figure of merit is at least the threshold, with the same figures of merit."""
+    for job, extra in (("External/job010/", ("--threshold", "0.95")), ("External/job010/", ("--threshold", "0.2")),
+                       ("External/job011/", ("--threshold", "0.2"))):
         code, out, err = run_main(pick_job, project, pick_args(job, *extra), capsys)
         assert code == 0, err
     again, fresh = coordinate_files(project / "External/job010"), coordinate_files(project / "External/job011")
@@ -593,7 +593,9 @@ def test_relion_4_and_5_layouts(project: Path, shipped: Path, capsys) -> None:
         row = nodes["output_nodes"]
         row = row if isinstance(row, pd.DataFrame) else pd.DataFrame([row])
         assert list(row.columns) == ["rlnPipeLineNodeName", "rlnPipeLineNodeTypeLabel"]
-        assert row.values.tolist() == [[f"{job}autopick.star", label]]
+        mics_label = relion_nodes.node_type(relion_nodes.MICROGRAPHS, version)
+        assert mics_label == {"4": "MicrographsData.star.relion", "5": "MicrographGroupMetadata.star.relion"}[version]
+        assert row.values.tolist() == [[f"{job}autopick.star", label], [f"{job}micrographs_with_particles.star", mics_label]]
         assert not (job_dir / "coords_suffix_deeppicker.star").exists()
 
         # Per-micrograph files: RELION's coordinate columns.

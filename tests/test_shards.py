@@ -96,7 +96,8 @@ def coordinate_texts(folder: Path) -> dict[str, str]:
 
 def summary_rows(path: Path) -> list[tuple]:
     table = read_summary(path)
-    return list(zip(table["rlnMicrographName"], table["status"], table["n_picks"], table["n_candidates"]))
+    return list(zip(table["rlnMicrographName"], table["status"], table["n_picks"], table["n_candidates"],
+                    table["expected_particles"].fillna(-1).round(4), table["flag"]))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,13 @@ def test_shards_then_merge_equal_an_unsharded_run(root: Path, unsharded: Path) -
     assert "not a readable MRC file" in failed["reason"].iloc[0]
     # RELION 3.1 layout (no default_pipeline.star tells otherwise)
     assert (out / "coords_suffix_deeppicker.star").read_text() == "micrographs.star\n"
-    assert relion_nodes.read_output_nodes("sharded/", root) == [("sharded/coords_suffix_deeppicker.star", 2)]
+    assert relion_nodes.read_output_nodes("sharded/", root) == [("sharded/coords_suffix_deeppicker.star", 2),
+                                                                 ("sharded/micrographs_with_particles.star", 1)]
+    # the micrographs node: the input STAR's micrographs flagged as holding particles, as the unsharded job flags them
+    table = read_summary(unsharded / "picking_summary.star")
+    kept = table.loc[(table["status"] != "failed") & (table["flag"] == "particles"), "rlnMicrographName"].tolist()
+    assert starfile.read(out / "micrographs_with_particles.star", always_dict=True)["micrographs"][
+        "rlnMicrographName"].tolist() == kept
     cs = read_particles_cs(out / "particles.cs")
     assert sorted(cs) == [f"Micrographs/mic{i}.mrc" for i in range(4)]
     assert sum(map(len, cs.values())) == read_summary(unsharded / "picking_summary.star")["n_picks"].sum()
@@ -138,7 +145,8 @@ def test_shards_then_merge_equal_an_unsharded_run(root: Path, unsharded: Path) -
     assert list(table["rlnMicrographName"]) == [f"Micrographs/mic{i}.mrc" for i in range(4)]
     assert all((root / p).is_file() for p in table["rlnMicrographCoordinates"])
     assert relion_nodes.read_output_nodes("sharded/", root) == [
-        ("sharded/autopick.star", "MicrographCoordsGroup.star.relion.autopick")]
+        ("sharded/autopick.star", "MicrographCoordsGroup.star.relion.autopick"),
+        ("sharded/micrographs_with_particles.star", "MicrographGroupMetadata.star.relion")]
 
 
 def test_merge_lists_missing_shards(root: Path) -> None:
@@ -293,7 +301,8 @@ def test_merge_shards_of_the_relion_pick_job(root: Path, unsharded: Path) -> Non
     assert code == 0, err
     job = root / "External/job007"
     assert (job / "coords_suffix_deep.star").read_text() == "micrographs.star\n"
-    assert relion_nodes.read_output_nodes("External/job007/", root) == [("External/job007/coords_suffix_deep.star", 2)]
+    assert relion_nodes.read_output_nodes("External/job007/", root) == [("External/job007/coords_suffix_deep.star", 2),
+                                                                         ("External/job007/micrographs_with_particles.star", 1)]
     assert summary_rows(job / "picking_summary.star") == summary_rows(unsharded / "picking_summary.star")
     assert sorted(p.name for p in (job / "Micrographs").glob("*_deep.star")) == [f"mic{i}_deep.star" for i in range(4)]
     assert (job / "particles.cs").is_file()

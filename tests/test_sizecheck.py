@@ -227,7 +227,7 @@ def test_cli_pick_warns_adopts_on_request_and_rethreshold_keeps_the_size(tmp_pat
     assert cli(["pick", str(tmp_path / "mics" / "*.mrc"), "--box", "24", "-o", str(out), "--no-report",
                 "--size-check", "adopt", "--rethreshold", "--threshold", "0.6"]) == 0
     summary = next(iter(starfile.read(out / "picking_summary.star", always_dict=True).values()))
-    assert np.allclose(summary["box_px"], used)  # the area of the two-level rule is counted in boxes of that size
+    assert np.allclose(summary["box_px"], used)  # the size recorded is the size picked at
     # the same folder again with --size-check warn would pick new micrographs at another size
     write_mrc(tmp_path / "mics" / "mic3.mrc", blob_micrograph(3, shape=(400, 400), n=14, box=32.0)[0])
     capsys.readouterr()

@@ -147,8 +147,11 @@ def test_readme_recipe_array_then_merge_equals_unsharded(slurm_cluster, project:
     assert summary_rows(out / "picking_summary.star") == summary_rows(ref / "picking_summary.star")
     assert (out / "coords_suffix_deeppicker.star").read_text() == (ref / "coords_suffix_deeppicker.star").read_text()
     assert relion_nodes.read_output_nodes("External/job010/", project) == [
-        ("External/job010/coords_suffix_deeppicker.star", 2)]
-    assert relion_nodes.read_output_nodes("reference/", project) == [("reference/coords_suffix_deeppicker.star", 2)]
+        ("External/job010/coords_suffix_deeppicker.star", 2), ("External/job010/micrographs_with_particles.star", 1)]
+    assert relion_nodes.read_output_nodes("reference/", project) == [
+        ("reference/coords_suffix_deeppicker.star", 2), ("reference/micrographs_with_particles.star", 1)]
+    assert (out / "micrographs_with_particles.star").read_text().split("\n", 2)[2] == \
+        (ref / "micrographs_with_particles.star").read_text().split("\n", 2)[2]  # past starfile's dated header
     assert (out / "particles.cs").is_file()
     assert sorted(p.name for p in out.glob("slurm-*.out")) == ["slurm-merge.out", "slurm-pick-0.out", "slurm-pick-1.out"]
 

@@ -44,6 +44,10 @@ Training (network ``Recipe.architecture``, SGD + momentum, rotations/flips):
    empty validation micrographs get at most ``Recipe.max_empty_picks`` picks each; folded into the
    last layer so every picking path (CLI, RELION job, fine-tuning) uses the calibrated scores.
 
+Then ``python training/fit_fom.py`` fits the figure of merit of the picks (deeppicker_relion/fom.py:
+the calibrated probability that a pick is a particle, given its score and its whole micrograph) on
+the selection micrographs and stores it in the weights' metadata.
+
 Last (for ``--holdout all`` only, unless ``--no-centring``): the centring network that moves each
 pick to the particle centre it reads (training/make_centring_model.py), started from this
 classifier and written to ``centring.safetensors`` beside it (~15 min).
@@ -121,9 +125,9 @@ CALIBRATED_AUGMENTS = (1, 2, 4)
 # figures stay comparable); "train2"/"val2" are the training and validation data of this recipe.
 # (number of micrographs, number of extra EMPTY micrographs, SNR mode); training micrographs are
 # in addition empty with probability 0.08.
-# "rule" selects the two-level threshold rule of picking (PickParams: confident_threshold,
-# min_confident, low_threshold; benchmarks/accuracy.py --only rule): random molecules over the
-# wide SNR range of the test sets, and EMPTY micrographs only of the maps (no particle of them).
+# "rule": the selection micrographs (the figure of merit is fitted on them, training/fit_fom.py; the
+# sub-grid refinement and the size check were chosen on them): random molecules over the wide SNR
+# range of the test sets, and EMPTY micrographs only of the maps (no particle of them).
 # "train_wide" (experiments, Recipe.train_snr = "wide"): training micrographs drawn over the test
 # sets' wide SNR range instead of the realistic mix.
 MAP_SPLITS = {"test": (10, 20, "wide"), "train2": (40, 0, "realistic"), "val2": (8, 12, "realistic"), "rule": (0, 36, "wide"),

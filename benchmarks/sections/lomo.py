@@ -16,7 +16,7 @@ from common import (
 
 
 def section_lomo(results: dict, args: argparse.Namespace) -> None:
-    print("\n## Leave-one-molecule-out (default threshold 0.5; the size check as a job, default 'auto')\n")
+    print(f"\n## Leave-one-molecule-out (default threshold {common.THRESHOLD:g} on the figure of merit; the size check as a job, default 'auto')\n")
     print(HEADER)
     for mol in recipe.molecules():
         model = fold_model(mol, args.allow_train)
@@ -57,13 +57,9 @@ def section_lomo(results: dict, args: argparse.Namespace) -> None:
     fixed = [(k, v["fixed_n"]) for k, v in results.get("lomo", {}).items() if "fixed_n" in v]
     if fixed:
         print("\nThe N best candidates of every micrograph, one N per set: the median particles per micrograph "
-              "(`--threshold 0.0001 --low-threshold 0.0001 --max-picks N`), precision / recall / F1: "
+              "(`--threshold 0 --max-picks N`), precision / recall / F1: "
               + "; ".join(f"{k} (N {v['n']}) {v['precision']:.3f} / {v['recall']:.3f} / {v['f1']:.3f}" for k, v in fixed))
-    plain = [(k, v["plain"]) for k, v in {**results.get("lomo", {}), **results.get("apoferritin_by_fold", {})}.items()
-             if "plain" in v]  # fmt: skip
-    if plain:
-        print("\nPlain threshold 0.5 (--low-threshold 0.5), precision / recall / F1: "
-              + "; ".join(f"{k} {v['precision']:.3f} / {v['recall']:.3f} / {v['f1']:.3f}" for k, v in plain))
+
 
 
 def _per_snr(results: dict, mol: str, cands: dict, idx: pd.DataFrame) -> None:

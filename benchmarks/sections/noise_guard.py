@@ -11,12 +11,12 @@ import pandas as pd
 
 import common
 from common import CONTAMINATION_DIR, default_picks, fold_model, load_model, pick_candidates, recipe, sim_test
-from deeppicker_relion.picking import PickParams
 
 
 def section_empty(results: dict, args: argparse.Namespace) -> None:
     print("\n## Noise guard: empty micrographs (ice + noise, no particles)\n")
-    print("| model | micrographs | picks / micrograph at 0.5 | max picks | candidates >= 0.1 / mic | score percentiles of candidates (50/90/99/max) |")
+    print(f"| model | micrographs | picks / micrograph at {common.THRESHOLD:g} | max picks | candidates with FOM >= 0.1 / mic | "
+          "FOM percentiles of candidates (50/90/99/max) |")
     print("|---|---|---|---|---|---|")
     shipped = load_model(common.WEIGHTS)[0]
     all_scores = {"shipped": [], "fold": []}
@@ -26,7 +26,7 @@ def section_empty(results: dict, args: argparse.Namespace) -> None:
         for kind, model in (("fold", fold_model(mol, args.allow_train)), ("shipped", shipped)):
             if model is None:
                 continue
-            cands, _ = pick_candidates(model, idx, PickParams(floor=1e-4))
+            cands, _ = pick_candidates(model, idx)
             n = [len(default_picks(c)) for c in cands.values()]  # what the picker writes at its defaults
             counts[kind] += n
             all_scores[kind] += [c["score"].to_numpy(float) for c in cands.values()]
@@ -44,7 +44,7 @@ def section_empty(results: dict, args: argparse.Namespace) -> None:
             micrographs=len(counts[kind]), picks_per_micrograph=float(np.mean(counts[kind])),
             max_picks=int(max(counts[kind])), histogram_edges=hist_edges, histogram_counts=hist.tolist(),
         )  # fmt: skip
-        print(f"\n{kind} models, all {len(counts[kind])} empty micrographs: {np.mean(counts[kind]):.2f} picks per micrograph at 0.5; "
+        print(f"\n{kind} models, all {len(counts[kind])} empty micrographs: {np.mean(counts[kind]):.2f} picks per micrograph at {common.THRESHOLD:g}; "
               "histogram of candidate peak scores (per micrograph): "
               + ", ".join(f"[{a:g},{b:.2g}): {c / len(counts[kind]):.1f}" for a, b, c in zip(hist_edges[:-1], hist_edges[1:], hist)))  # fmt: skip
 

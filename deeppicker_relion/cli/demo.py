@@ -30,7 +30,8 @@ log = logging.getLogger("deeppicker.demo")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("deeppicker_demo"),
                         help="output folder (default deeppicker_demo in the current folder)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score, 0..1 (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="minimum figure of merit, 0..1 (default: deeppicker pick's default)")
     # A model other than the shipped one (development; the demo's figures describe the shipped model).
     parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     add_compute_arguments(parser)
@@ -48,6 +49,9 @@ def main(args: argparse.Namespace) -> int:
         bar.refresh()
 
     result = run_demo(args.output, args.weights, str(resolve_device(args.gpu)), args.threshold, progress)
+    from ..picking import PickParams
+
+    threshold = PickParams().threshold if args.threshold is None else args.threshold
     bar.close()
     total = result.evaluation.total
     at_one = result.evaluation.curve.set_index("ratio").loc[1.0]
@@ -56,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"deeppicker demo: {len(result.summary.table)} simulated micrographs ({out / 'micrographs'}), "
         f"{sum(result.data.n_particles)} particles of a {DIAMETER_A:g} A molecule the model never saw, one micrograph empty\n"
-        f"picked {result.summary.n_particles} particles at threshold {args.threshold:g} "
+        f"picked {result.summary.n_particles} particles at threshold {threshold:g} "
         f"({result.seconds['pick']:.1f} s; demo {time.perf_counter() - start:.0f} s in all)\n"
         f"against the true centres: precision {total.precision:.3f}  recall {total.recall:.3f}  F1 {total.f1:.3f}  "
         f"centre error {total.centre_error:.3f} x box; picks on the empty micrograph: {empty_micrograph_picks(result)}\n"

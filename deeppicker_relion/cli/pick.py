@@ -33,7 +33,7 @@ from ..model import AUGMENTATIONS, default_weights_path, load_model
 from ..parallel import default_threads, parse_devices, pick_in_processes
 from ..pickjob import ABORT_FILE, Aborted, JobSummary, PickJob, abort_file_poller, parse_shard, prepare_output_dir
 from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
-from ..picking import CONFIDENT_AREA, PickParams, check_dark_sigma
+from ..picking import PickParams, check_dark_sigma
 from ..pipeline import check_particle_size
 from ..selftrain import self_train
 from ..sizecheck import DEFAULT_MODE, MODES, STRONG_PER_MICROGRAPH, apply_size_check, recorded_factor, scaled_size
@@ -48,18 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser)
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     parser.add_argument("--weights", default=None, help="model file (default: the shipped general model)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score, 0..1 (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum figure of merit, 0..1 (default 0.5): the calibrated probability that a "
+                        "pick is a particle, written as rlnAutopickFigureOfMerit; picks are exactly the candidates "
+                        "whose figure of merit is at least this")
     parser.add_argument("--max-picks", type=int, default=None, help="at most this many picks per micrograph, best first")
-    d = PickParams()
-    parser.add_argument("--low-threshold", type=float, default=d.low_threshold,
-                        help="on micrographs with at least --min-confident candidates >= --confident-threshold, also "
-                             f"keep picks scoring this or more (default {d.low_threshold:g}; >= --threshold turns it off)")
-    parser.add_argument("--min-confident", type=int, default=d.min_confident,
-                        help="candidates >= --confident-threshold that show a micrograph holds particles "
-                             f"(default {d.min_confident}; more on micrographs over {CONFIDENT_AREA:g} particle boxes in area, "
-                             "in proportion)")
-    parser.add_argument("--confident-threshold", type=float, default=d.confident_threshold,
-                        help=f"score of the candidates --min-confident counts, 0..1 (default {d.confident_threshold:g})")
     parser.add_argument("--augment", type=int, choices=list(AUGMENTATIONS), default=None,
                         help="score each window as the mean over 1, 2 (and its half turn), 4 (rotations) or 8 "
                              "(and mirror images) symmetric copies (default: what the model was calibrated with; "
@@ -117,8 +109,7 @@ def main(args: argparse.Namespace) -> int:
     size = particle_size(args)
     check_dark_sigma(args.dark_sigma, "--dark-sigma")
     params = PickParams(threshold=args.threshold, max_picks=args.max_picks, clean=not args.no_clean,
-                        low_threshold=args.low_threshold, min_confident=args.min_confident,
-                        confident_threshold=args.confident_threshold, dark_sigma=args.dark_sigma,
+                        dark_sigma=args.dark_sigma,
                         recentre=not args.no_recentre)
     mics = micrograph_list(args.micrographs, args.angpix)
     job = PickJob(
@@ -195,8 +186,7 @@ def _settings(args: argparse.Namespace) -> dict:
     digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
     size = {"particle_diameter": args.diameter} if args.diameter is not None else {"box_px": args.box}
     return {**size, "weights_sha256": digest, "pickname": args.pickname, "threshold": args.threshold,
-            "low_threshold": args.low_threshold, "min_confident": args.min_confident,
-            "confident_threshold": args.confident_threshold, "max_picks": args.max_picks, "augment": args.augment,
+            "max_picks": args.max_picks, "augment": args.augment,
             "dark_sigma": args.dark_sigma, "recentre": not args.no_recentre, "size_check": args.size_check,
             "micrographs": list(args.micrographs)}
 
