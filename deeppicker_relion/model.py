@@ -301,6 +301,12 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     if normalisation not in NORMALISATIONS:
         raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
     model.normalisation = normalisation
+    from .fom import FomModel  # the figure of merit of this model's picks (fom.py)
+
+    try:
+        model.fom = FomModel.from_metadata(info.get("fom"))
+    except ValueError as err:
+        raise JobError(f"metadata 'fom': {err}", path) from None
     model.to(device).eval()
     attach_centring(model, shipped_centring_for(normalisation, device))
     return model, info
