@@ -134,19 +134,19 @@ class DeepPickerNet(nn.Module):
 
 
 def _pool2(x: torch.Tensor) -> torch.Tensor:
-    """2 x 2 max-pool at stride 2 (floor mode) as the max of four strided views (faster than
-    max_pool2d on CPUs)."""
+    """2 x 2 max-pool at stride 2 (floor mode) as maxima of strided views (faster than max_pool2d
+    on CPUs), separable: pairs of columns, then pairs of rows (2 passes over memory instead of 3;
+    the same numbers: the max of four)."""
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
-    bottom = torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2])
-    return torch.maximum(top, bottom)
+    cols = torch.maximum(x[..., 0:h, 0:w:2], x[..., 0:h, 1:w:2])
+    return torch.maximum(cols[..., 0::2, :], cols[..., 1::2, :])
 
 
 def _shifted_max(x: torch.Tensor, d: int) -> torch.Tensor:
-    """2 x 2 max-pool at stride 1 with dilation ``d``: the max of four shifted views."""
-    top = torch.maximum(x[..., :-d, :-d], x[..., :-d, d:])
-    bottom = torch.maximum(x[..., d:, :-d], x[..., d:, d:])
-    return torch.maximum(top, bottom)
+    """2 x 2 max-pool at stride 1 with dilation ``d``: the max of four shifted views, separable
+    (columns, then rows)."""
+    cols = torch.maximum(x[..., :, :-d], x[..., :, d:])
+    return torch.maximum(cols[..., :-d, :], cols[..., d:, :])
 
 
 class DeepPickerWide(DeepPickerNet):
