@@ -199,7 +199,9 @@ def normalise(image: np.ndarray, normalisation: str = DEFAULT_NORMALISATION) -> 
     if normalisation == "global":
         return ((image - centre) / spread).astype(np.float32)
     scale = _upsample(1.0 / np.maximum(local_spread(image), 0.5 * spread), image.shape)
-    return ((image - centre) * scale).astype(np.float32)
+    out = np.subtract(image, centre, dtype=np.float32)  # one new array, scaled in place: same numbers
+    out *= scale
+    return out
 
 
 def preprocess(image: np.ndarray, box_px: float, normalisation: str = DEFAULT_NORMALISATION) -> Preprocessed:

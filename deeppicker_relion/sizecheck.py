@@ -141,7 +141,7 @@ def central_part(mic: Micrograph, side_px: float) -> Micrograph:
 def count_confident(model: DeepPickerNet, mic: Micrograph, box_px: float, params: PickParams = PickParams(),
                     device: str | torch.device = "cpu") -> int:
     """Candidates scoring >= CHECK_SCORE on one micrograph picked with a ``box_px`` box (pixels)."""
-    check = PickParams(threshold=CHECK_SCORE, low_threshold=CHECK_SCORE, floor=CHECK_SCORE, clean=params.clean,
+    check = PickParams(threshold=CHECK_SCORE, floor=CHECK_SCORE, clean=params.clean,
                        dark_sigma=params.dark_sigma, outlier_fraction=params.outlier_fraction,
                        peak_window=params.peak_window)
     pre = preprocess(mic.data, box_px, model.normalisation)
@@ -196,8 +196,9 @@ def _search(count, need: int, downwards: bool = True) -> float:
             factor, current, direction = factor * STEP, up, 1
             continue
         if direction <= 0 and downwards:
-            down = count(factor / STEP)
             larger_gains = up is not None and up > max(current, need)
+            # a smaller size cannot win then: not scored (the costliest size of the check)
+            down = None if larger_gains else count(factor / STEP)
             if down is not None and down >= GAIN * current and down >= need and not larger_gains:
                 factor, current, direction = factor / STEP, down, -1
                 continue
