@@ -13,7 +13,8 @@ augmentation (`--augment 1`), "dense x4" over the 4 rotations (`--augment 4`).
 Usage:
   python benchmarks/speed.py                      # all sizes, dense + patch-by-patch + Topaz if installed
   python benchmarks/speed.py --sizes 1024 --no-topaz --repeats 2
-  python benchmarks/speed.py --gpu 0              # the same code path on CUDA
+  python benchmarks/speed.py --gpu 0              # micrographs per second on CUDA for 1k/2k/4k, GPU busy share
+  python benchmarks/speed.py --job 20             # the real-size job against LoG, per-stage table
 
 Targets (2-core CPU): dense >= 20x faster than patch-by-patch; 4096 x 4096 end to end < 2 s; at
 least 5x faster than Topaz (bash benchmarks/setup_topaz.sh installs it in its own venv).
@@ -222,6 +223,70 @@ def job_benchmark(count: int, repeats: int, no_log: bool, extra: list[str]) -> N
     print("\n".join(stage_table(job, count)), flush=True)
 
 
+def gpu_worker(size: int, count: int, gpu: str) -> dict:
+    """In this process: a pick job of ``count`` micrographs of ``size`` on CUDA device ``gpu`` with the
+    job code (run_pick_job: read-ahead threads, several micrographs per batch, mixed precision),
+    after a warm-up job on 2 of them; micrographs per second and the share of the wall time the GPU
+    spent in the dense passes (CUDA events around each batch's network pass)."""
+    import pandas as pd
+    import torch
+
+    from deeppicker_relion import scoring
+    from deeppicker_relion.model import load_model
+    from deeppicker_relion.pickjob import PickJob, run_pick_job
+    from deeppicker_relion.pipeline import ParticleSize, resolve_device
+
+    device = resolve_device(gpu)
+    model, _ = load_model(None, device)
+    paths = make_micrographs(size, count)
+    mics = pd.DataFrame({"name": [p.name for p in paths], "path": [str(p) for p in paths]})
+    busy: list[tuple] = []
+    dense = type(model).dense_logits
+
+    def timed(self, image, step=4):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = dense(self, image, step)
+        end.record()
+        busy.append((start, end, image.shape[0]))
+        return out
+
+    type(model).dense_logits = timed
+    with tempfile.TemporaryDirectory() as tmp:
+        run_pick_job(mics.iloc[:2], model, PickJob(Path(tmp) / "warm", ParticleSize(box_px=BOX_PX), resume=False), str(device))
+        torch.cuda.synchronize()
+        busy.clear()
+        start = time.perf_counter()
+        run_pick_job(mics, model, PickJob(Path(tmp) / "job", ParticleSize(box_px=BOX_PX), resume=False), str(device))
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    gpu_seconds = sum(a.elapsed_time(b) for a, b, _ in busy) / 1000
+    return {"size": size, "count": count, "wall": wall, "per_second": count / wall, "gpu_busy": gpu_seconds / wall,
+            "batches": len(busy), "batch_sizes": sorted({n for _, _, n in busy}), "half": scoring.half_precision(device),
+            "card": torch.cuda.get_device_name(device), "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
+def gpu_benchmark(sizes: list[int], count: int, gpu: str) -> None:
+    """Micrographs per second per size on the GPU, each size in a fresh process."""
+    from deeppicker_relion.errors import DeepPickerError
+    from deeppicker_relion.pipeline import resolve_device
+
+    try:
+        resolve_device(gpu)
+    except DeepPickerError as err:
+        sys.exit(f"speed.py: error: {err}")
+    print(f"GPU job: {count} simulated micrographs per size, box {BOX_PX:.0f} px, the job code (read-ahead, "
+          "several micrographs per batch), model loaded before the clock; warm-up job not timed", flush=True)
+    print(f"{'size':>6} {'mic/s':>7} {'s/mic':>7} {'GPU busy':>8} {'batches':>7} {'batch':>8} {'half':>5} {'GPU MB':>7}  card")
+    for size in sizes:
+        make_micrographs(size, count)
+        cmd = [sys.executable, __file__, "--gpu-worker", str(size), str(count), "--gpu", gpu]
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"{size:>6} {out['per_second']:7.2f} {1 / out['per_second']:7.3f} {100 * out['gpu_busy']:7.0f}% "
+              f"{out['batches']:>7} {','.join(map(str, out['batch_sizes'])):>8} {str(out['half']):>5} "
+              f"{out['gpu_peak_mb']:7.0f}  {out['card']}", flush=True)
+
+
 def worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
     """Pick ``repeats`` micrographs of one size in this process; per-micrograph seconds and peak RSS."""
     import torch
@@ -297,7 +362,8 @@ def run_cli(size: int, count: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096],
+                        help="micrograph sizes of the table (none: only the --job section)")
     parser.add_argument("--patch-sizes", type=int, nargs="*", default=None,
                         help="sizes to time patch-by-patch (default: all; 4k takes a few minutes)")
     parser.add_argument("--repeats", type=int, default=3, help="micrographs per size (median reported)")
@@ -305,11 +371,13 @@ def main() -> None:
     parser.add_argument("--no-log", action="store_true", help="skip RELION's LoG picker")
     parser.add_argument("--gpu", default=None)
     parser.add_argument("--job", type=int, default=None, metavar="N",
-                        help="the real-size job only: N simulated 4096 px micrographs (110 px box) picked by the "
-                             "whole command and by LoG, back to back, with the per-stage table")
+                        help="after the table, the real-size job: N simulated 4096 px micrographs (110 px box) picked "
+                             "by the whole command and by LoG, back to back, with the per-stage table")
     parser.add_argument("--job-repeats", type=int, default=2, help="runs of the job (ours and LoG each)")
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--job-worker", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-count", type=int, default=20, help="--gpu: micrographs per size (default 20)")
+    parser.add_argument("--gpu-worker", nargs=2, metavar=("SIZE", "COUNT"), help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -317,34 +385,43 @@ def main() -> None:
         outdir, box, *mics = args.job_worker
         print(json.dumps(job_worker(outdir, mics, float(box), extra)))
         return
-    if args.job is not None:
-        job_benchmark(args.job, args.job_repeats, args.no_log, extra)
+    if args.gpu_worker:
+        print(json.dumps(gpu_worker(int(args.gpu_worker[0]), int(args.gpu_worker[1]), args.gpu)))
+        return
+    if args.gpu:
+        gpu_benchmark(args.sizes, args.gpu_count, args.gpu)
         return
     if args.worker:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.gpu)))
         return
     patch_sizes = args.sizes if args.patch_sizes is None else args.patch_sizes
-    print(f"box {BOX_PX:.0f} px (diameter {DIAMETER_A:.0f} A at {PIXEL_A} A/px); {os.cpu_count()} CPU cores; "
-          f"device {'cuda:' + args.gpu if args.gpu else 'cpu'}; median of {args.repeats} micrographs")
-    header = f"{'size':>6} {'resampled':>9} {'dense x1 s':>10} {'dense s':>8} {'dense x4 s':>10} {'RSS MB':>7} {'patches s':>9} {'RSS MB':>7} {'speed-up':>8} {'CLI s':>6} {'Topaz s':>8} {'vs Topaz':>8} {'LoG s':>6} {'vs LoG':>7}"
-    print(header)
-    print("-" * len(header))
-    for size in args.sizes:
-        make_micrographs(size, args.repeats)
-        dense1 = run_worker(size, "dense1", args.repeats, args.gpu)
-        dense = run_worker(size, "dense", args.repeats, args.gpu)
-        dense4 = run_worker(size, "dense4", args.repeats, args.gpu)
-        patches = run_worker(size, "patches", 1, args.gpu) if size in patch_sizes else None
-        cli = run_cli(size, args.repeats)
-        topaz = None if args.no_topaz else run_peer("topaz", size, args.repeats)
-        relion_log = None if args.no_log else run_peer("relion_log", size, args.repeats)
-        ps = f"{patches['seconds']:9.2f} {patches['peak_rss_mb']:7.0f} {patches['seconds'] / dense['seconds']:7.1f}x" if patches else f"{'-':>9} {'-':>7} {'-':>8}"
-        ts = f"{topaz:8.2f} {topaz / cli:7.1f}x" if topaz else f"{'-':>8} {'-':>8}"
-        ts += f" {relion_log:6.2f} {relion_log / cli:6.1f}x" if relion_log else f" {'-':>6} {'-':>7}"
-        print(f"{size:>6} {dense['resampled']:>9} {dense1['seconds']:10.3f} {dense['seconds']:8.3f} {dense4['seconds']:10.3f} {dense['peak_rss_mb']:7.0f} {ps} {cli:6.2f} {ts}", flush=True)
-    print("dense/patches: one micrograph in-process, end to end (read, preprocess, score, pick, write), with the")
-    print("shipped model's test-time augmentation (x2); dense x1 / x4: --augment 1 / 4;")
-    print("CLI, Topaz and LoG: whole commands on the same micrographs, wall time / micrographs (start-up included).")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {' '.join(sys.argv)}; {os.uname().nodename}, "
+          f"{os.cpu_count()} CPU cores; torch {__import__('torch').__version__}", flush=True)
+    if args.sizes:
+        print(f"box {BOX_PX:.0f} px (diameter {DIAMETER_A:.0f} A at {PIXEL_A} A/px); {os.cpu_count()} CPU cores; "
+              f"device {'cuda:' + args.gpu if args.gpu else 'cpu'}; median of {args.repeats} micrographs")
+        header = f"{'size':>6} {'resampled':>9} {'dense x1 s':>10} {'dense s':>8} {'dense x4 s':>10} {'RSS MB':>7} {'patches s':>9} {'RSS MB':>7} {'speed-up':>8} {'CLI s':>6} {'Topaz s':>8} {'vs Topaz':>8} {'LoG s':>6} {'vs LoG':>7}"
+        print(header)
+        print("-" * len(header))
+        for size in args.sizes:
+            make_micrographs(size, args.repeats)
+            dense1 = run_worker(size, "dense1", args.repeats, args.gpu)
+            dense = run_worker(size, "dense", args.repeats, args.gpu)
+            dense4 = run_worker(size, "dense4", args.repeats, args.gpu)
+            patches = run_worker(size, "patches", 1, args.gpu) if size in patch_sizes else None
+            cli = run_cli(size, args.repeats)
+            topaz = None if args.no_topaz else run_peer("topaz", size, args.repeats)
+            relion_log = None if args.no_log else run_peer("relion_log", size, args.repeats)
+            ps = f"{patches['seconds']:9.2f} {patches['peak_rss_mb']:7.0f} {patches['seconds'] / dense['seconds']:7.1f}x" if patches else f"{'-':>9} {'-':>7} {'-':>8}"
+            ts = f"{topaz:8.2f} {topaz / cli:7.1f}x" if topaz else f"{'-':>8} {'-':>8}"
+            ts += f" {relion_log:6.2f} {relion_log / cli:6.1f}x" if relion_log else f" {'-':>6} {'-':>7}"
+            print(f"{size:>6} {dense['resampled']:>9} {dense1['seconds']:10.3f} {dense['seconds']:8.3f} {dense4['seconds']:10.3f} {dense['peak_rss_mb']:7.0f} {ps} {cli:6.2f} {ts}", flush=True)
+        print("dense/patches: one micrograph in-process, end to end (read, preprocess, score, pick, write), with the")
+        print("shipped model's test-time augmentation (x2); dense x1 / x4: --augment 1 / 4;")
+        print("CLI, Topaz and LoG: whole commands on the same micrographs, wall time / micrographs (start-up included).")
+    if args.job is not None:
+        print()
+        job_benchmark(args.job, args.job_repeats, args.no_log, extra)
 
 
 if __name__ == "__main__":
