@@ -108,8 +108,8 @@ def parse_size(text: str, where: str) -> tuple[float | None, float | None]:
 
 
 def parse_spec(tokens: Sequence[str], where: str = "--data", base: Path | None = None) -> DataSpec:
-    """``[SOURCE, DIAMETER, key=value, ...]`` -> :class:`DataSpec`. Relative paths (the source and
-    ``mics``/``coords``/``root``) are taken relative to ``base`` when they exist there."""
+    """``[SOURCE, DIAMETER, key=value, ...]`` -> :class:`DataSpec`. With ``base`` (a list file's
+    folder), relative paths (the source and ``mics``/``coords``/``root``) are relative to it."""
     tokens = list(tokens)
     if not tokens:
         raise JobError("empty data set: give SOURCE DIAMETER [key=value ...]", where)
@@ -155,10 +155,8 @@ def parse_spec(tokens: Sequence[str], where: str = "--data", base: Path | None =
 
 
 def _relative_to(path: str, base: Path) -> str:
-    p = Path(path)
-    if p.is_absolute() or any(ch in path for ch in "*?["):
-        return str(base / p) if not p.is_absolute() else path
-    return str(base / p)
+    """``path`` (a file, folder or glob) taken relative to ``base`` unless it is absolute."""
+    return path if Path(path).is_absolute() else str(base / path)
 
 
 def read_list(path: str | Path) -> list[DataSpec]:

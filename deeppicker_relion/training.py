@@ -50,12 +50,15 @@ class TrainParams:
     lr_decay_patience: int = 1
     # Incomplete labels (curated particle sets; :func:`micrograph_examples`): "model" = no background
     # window within ``unlabelled_radius`` box of a peak a vetting model scores >= ``unlabelled_min_score``
-    # away from the labels (an unlabelled particle), and "far" background only where the vetting
-    # model scores the window itself below ``background_max_score``; "blobs" = none within
-    # ``unlabelled_radius`` box of a dark particle-sized blob; "none" = as for complete labels.
+    # away from the labels (a likely unlabelled particle; the shipped model is calibrated, so 0.7
+    # keeps its confident picks and leaves its doubtful ones, mostly junk, as hard background), and
+    # "far" background only where the vetting model scores the window itself below
+    # ``background_max_score`` (1 = off: measured, a lower cut removes the hard background the
+    # network needs; benchmarks/incomplete_labels.py); "blobs" = none within ``unlabelled_radius``
+    # box of a dark particle-sized blob; "none" = as for complete labels.
     incomplete_labels: str = "model"
-    background_max_score: float = 0.2
-    unlabelled_min_score: float = 0.3
+    background_max_score: float = 1.0
+    unlabelled_min_score: float = 0.7
     unlabelled_radius: float = 0.35
     # at most this many particles per micrograph (0 = all): crowded sets do not swamp the others
     max_positives: int = 0
@@ -364,7 +367,8 @@ def vet_micrograph(
     pts = np.column_stack([x, y])
     if len(positives) and len(pts):
         pts = pts[cKDTree(positives).query(pts)[0] >= 0.3 * INPUT_SIZE]
-    return Vetting(scores < params.background_max_score, smap.step, smap.centre, pts)
+    return Vetting(scores < params.background_max_score if params.background_max_score < 1 else np.ones_like(scores, bool),
+                   smap.step, smap.centre, pts)
 
 
 def micrograph_examples(
@@ -409,7 +413,8 @@ def micrograph_examples(
     elif strategy == "model":
         if vetting is None:
             raise ValueError("incomplete_labels='model' needs the vetting model's view of the micrograph")
-        blockers, allowed = vetting.unlabelled, vetting.allows
+        blockers = vetting.unlabelled
+        allowed = vetting.allows if params.background_max_score < 1 else None
     min_px = params.min_negative_distance * INPUT_SIZE
     radius = params.unlabelled_radius * INPUT_SIZE
     block = cKDTree(blockers) if len(blockers) else None
