@@ -124,7 +124,8 @@ def evaluate(model, items: list[dict]) -> dict:
     return scores(cands, refs, radii)
 
 
-def run(name: str, train_items, test_items, strategies, epochs: int, out: dict, seed: int = 0, lr: float = 0.01) -> None:
+def run(name: str, train_items, test_items, strategies, epochs: int, out: dict, seed: int = 0, lr: float = 0.01,
+        radius: float | None = None) -> None:
     from deeppicker_relion.model import load_model
     from deeppicker_relion.training import TrainParams, train
 
@@ -137,6 +138,8 @@ def run(name: str, train_items, test_items, strategies, epochs: int, out: dict, 
         t0 = time.perf_counter()
         params = TrainParams(max_epochs=epochs, patience=epochs, negative_ratio=3.0, near_miss_fraction=0.3, max_positives=300,
                              seed=seed, lr=lr)  # fmt: skip
+        if radius is not None:
+            params.unlabelled_radius = radius
         data, frac = examples(train_items, strategy, params, general, general.normalisation, seed)
         model, hist = train(data, params, init=general)
         model.normalisation = general.normalisation
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("simulated", "real"), default=None)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--radius", type=float, default=None, help="TrainParams.unlabelled_radius (box; default: the library's)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the fine-tuning (default 0.01, the CLI's)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--seeds", type=int, default=1, help="repeat each training with this many seeds (label drop and training)")
@@ -190,19 +194,19 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     strategies = [s for s in args.strategies.split(",") if s]
-    out: dict = {"epochs": args.epochs, "lr": args.lr, "seeds": args.seeds}
+    out: dict = {"epochs": args.epochs, "lr": args.lr, "seeds": args.seeds, "radius": args.radius}
     if args.only in (None, "simulated"):
         test = simulated_items(6, 202, 0.0, args.cache)
         for seed in range(args.seeds):
             train_items = simulated_items(10, 101, 0.4, args.cache, drop_seed=seed)
-            run("simulated (40 % of labels dropped)", train_items, test, strategies, args.epochs, out, seed, args.lr)
+            run("simulated (40 % of labels dropped)", train_items, test, strategies, args.epochs, out, seed, args.lr, args.radius)
     if args.only in (None, "real"):
         if not RIBOSOME.is_dir():
             print("../shared is missing: real experiment skipped")
         else:
             items = ribosome_items()
             for seed in range(args.seeds):
-                run("EMPIAR-10028 ribosome (train 6, test 4)", items[:6], items[6:], strategies, args.epochs, out, seed, args.lr)
+                run("EMPIAR-10028 ribosome (train 6, test 4)", items[:6], items[6:], strategies, args.epochs, out, seed, args.lr, args.radius)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     for name, rows in out.items():
         if not isinstance(rows, list):

@@ -56,7 +56,9 @@ class TrainParams:
     # ``background_max_score`` (1 = off: measured, a lower cut removes the hard background the
     # network needs; benchmarks/incomplete_labels.py); "blobs" = none within ``unlabelled_radius``
     # box of a dark particle-sized blob; "none" = as for complete labels.
-    incomplete_labels: str = "model"
+    # default "none": measured (benchmarks/incomplete_labels.py, docs/training.md), "model" and
+    # "blobs" keep fewer background windows on unlabelled particles but pick worse
+    incomplete_labels: str = "none"
     background_max_score: float = 1.0
     unlabelled_min_score: float = 0.7
     unlabelled_radius: float = 0.35

@@ -14,11 +14,12 @@ refined shifts) with particle_diameter; on the Params tab one parameter per furt
 each labelled data and valued 'SOURCE DIAMETER [key=value ...]' (e.g. data = /data/P2/Refine3D/
 job040/run_data.star 240; SOURCE as for deeppicker train --data: particles STAR, coordinate node,
 CryoSPARC .cs, empiar:NNNNN); datasets = a list file of such lines; simulated = N micrographs of
-random simulated molecules. These particle sets are curated, so incomplete: background is drawn
-only where the vetting model (init, or the shipped model) confidently sees none.
+random simulated molecules. Curated particle sets are incomplete: incomplete_labels = model keeps
+background off the particles the vetting model confidently finds unlabelled (default none:
+measured, docs/training.md).
 
 Optional: init (general = fine-tune the shipped general model, the default; scratch; or a weights
-file), epochs, gpu, incomplete_labels (model, blobs, none), relion_version, seed.
+file), epochs, gpu, incomplete_labels (none, model, blobs), relion_version, seed.
 
 Output: <job>/model.safetensors (a RELION 4/5 output node). Use it in a DeepPicker pick job:
 weights = External/jobNNN/model.safetensors.
@@ -62,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--datasets", default=None, metavar="LIST", help="a list file of data sets, one per line")
     optional(parser, "--simulated", type=int, default=0, metavar="N",
              help="mix in N micrographs of random simulated molecules (default 0)")
-    optional(parser, "--incomplete_labels", default="model", metavar="HOW",
-             help="background on curated (incomplete) sets: model (default), blobs or none")
+    optional(parser, "--incomplete_labels", default="none", metavar="HOW",
+             help="background on curated (incomplete) sets: none (default), model or blobs (docs/training.md)")
     optional(parser, "--particle_diameter", type=float, default=None, metavar="A",
              help="particle diameter in Angstrom (required)")
     optional(parser, "--init", default="general", metavar="FROM",
              help="general (fine-tune the shipped general model, default), scratch, or a weights file")
-    optional(parser, "--epochs", type=int, default=30, metavar="N",
-             help="maximum epochs (default 30; stops early when the validation loss stops improving)")
+    optional(parser, "--epochs", type=int, default=None, metavar="N",
+             help="maximum epochs (default 30 for your picks, 20 for several molecules; stops early when the "
+                  "validation loss stops improving)")
     optional(parser, "--gpu", default="", metavar="IDS", help="CUDA device, e.g. 0; empty = CPU (default)")
     optional(parser, "--relion_version", default="auto", metavar="V",
              help="layout of RELION_OUTPUT_NODES.star: auto (default), 3.1, 4 or 5")
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
                            "e.g. the output of a ManualPick job")
     if (args.in_coords or args.in_parts) and not _positive(args.particle_diameter):
         raise JobError("particle_diameter (in Angstrom) is required on the Params tab and must be positive")
-    if args.epochs is None or args.epochs < 1:
+    if args.epochs is None:
+        args.epochs = 20 if several else 30
+    if args.epochs < 1:
         raise JobError(f"epochs must be at least 1 (got {args.epochs})")
     if args.incomplete_labels not in ("model", "blobs", "none"):
         raise JobError(f"incomplete_labels must be model, blobs or none (got {args.incomplete_labels!r})")

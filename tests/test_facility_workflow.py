@@ -116,7 +116,7 @@ def test_facility_workflow_simulated(tmp_path, general, monkeypatch):
     listing.write_text(f"# facility archive\nB/Refine3D/job010/run_data.star {diameter_b:.0f}\n")
     weights = tmp_path / "facility.safetensors"
     assert cli(["train", "--data", str(star_a), f"{diameter_a:.0f}", "--datasets", str(listing),
-                "--simulated", "2", "-o", str(weights), *FAST]) == 0  # fmt: skip
+                "--simulated", "2", "--incomplete-labels", "model", "-o", str(weights), *FAST]) == 0  # fmt: skip
     model, info = load_model(weights)
     assert [d["labels"] for d in info["datasets"]] == ["incomplete", "incomplete", "complete"]
     assert all(d["particles"] > 0 and d["background"] > 0 for d in info["datasets"])
@@ -173,12 +173,14 @@ def test_relion_train_job_several_molecules(tmp_path, general, monkeypatch):
     mols_b, diameter_b = simulated_molecule(2, 2)
     star_b, _ = solved_project(tmp_path / "B", mols_b, pixel_A=4.0, seed=1)
     ext = add_external(project, exe, None, {"particle_diameter": f"{diameter_a:.0f}", "data": f"{star_b} {diameter_b:.0f}",
-                                            "simulated": 1, "epochs": 1, "relion_version": "3.1"},
+                                            "simulated": 1, "epochs": 1, "relion_version": "3.1",
+                                            "incomplete_labels": "model"},
                        threads=2, in_parts="Refine3D/job010/run_data.star")  # fmt: skip
     assert run_jobs(project, [ext], timeout_s=300) == {ext: 2}
     assert [m for m in relion_job.EXIT_MARKERS if (project / ext / m).exists()] == [relion_job.SUCCESS]
     _, info = load_model(project / ext / "model.safetensors")
     assert [d["labels"] for d in info["datasets"]] == ["incomplete", "incomplete", "complete"]
+    assert info["train_params"]["incomplete_labels"] == "model"
     out = (project / ext / "run.out").read_text()
     assert "3 data sets" in out and f"weights = {ext}model.safetensors" in out
 

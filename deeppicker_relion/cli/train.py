@@ -11,8 +11,9 @@ DIAMETER [key=value ...] (repeatable) and/or --datasets LIST (one such line per 
 a RELION particles STAR (Extract/Select/Class2D/3D/Refine3D; centres = coordinates minus the
 refined shifts), a RELION coordinate node, a CryoSPARC particle .cs, empiar:NNNNN (downloaded into
 a cache), or 'simulated' (random simulated molecules; also --simulated N). DIAMETER in Angstrom
-(180) or pixels (56px). Curated particle sets are incomplete: background is drawn only where the
-shipped model confidently sees none (--incomplete-labels model, default).
+(180) or pixels (56px). Curated particle sets are incomplete: --incomplete-labels model keeps
+background off the particles the vetting model confidently finds unlabelled (measured: it did not
+pick better, docs/training.md; default none).
 
 Example usage:
   deeppicker train mics.star --coords ManualPick/job004/coords_suffix_manualpick.star --diameter 180 -o my.safetensors
@@ -30,6 +31,9 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger("deeppicker.train")
+# maximum epochs with data sets: 5 data sets / 50 micrographs take ~128 s per epoch on 2 cores
+# (benchmarks/training_cost.py), so 20 end within the hour even without early stopping
+DATASETS_EPOCHS = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,17 +55,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="weights file to write (.safetensors)")
     parser.add_argument("--init", default="general",
                         help="start from: 'general' (fine-tune the shipped model, default), 'scratch', or a weights file")
-    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30; early stopping on validation loss)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="maximum epochs (default 30 for one data set, 20 for data sets: 5 sets / 50 micrographs then "
+                             "train within an hour on 2 cores; early stopping on validation loss)")
     parser.add_argument("--patience", type=int, default=4, help="epochs without validation improvement before stopping (default 4)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, momentum 0.9)")
     parser.add_argument("--negative-ratio", type=float, default=None,
                         help="background patches per particle (default 1 as the paper for one data set; 3 for data sets)")
     parser.add_argument("--near-miss", type=float, default=None,
                         help="fraction of background 0.25-0.6 box from a particle (default 0 for one data set; 0.3 for data sets)")
-    parser.add_argument("--incomplete-labels", choices=("model", "blobs", "none"), default="model",
-                        help="background on data sets with incomplete labels: 'model' (default) only where the "
-                             "vetting model (--init, or the shipped model) confidently sees none; 'blobs' away from "
-                             "dark blobs; 'none' anywhere 0.6 box from a label")
+    parser.add_argument("--incomplete-labels", choices=("none", "model", "blobs"), default="none",
+                        help="background on data sets with incomplete labels: 'none' (default: anywhere 0.6 box from "
+                             "a label), 'model' (not on peaks the vetting model, --init or the shipped one, confidently "
+                             "calls particles), 'blobs' (not on dark blobs); measured in docs/training.md")
     parser.add_argument("--max-particles", type=int, default=300,
                         help="at most this many particles per micrograph with data sets (default 300; 0 = all)")
     parser.add_argument("--cache", type=Path, default=None,
@@ -133,7 +139,7 @@ def _train_datasets(args: argparse.Namespace, specs: list) -> int:
     device = resolve_device(args.gpu)
     init = _init_model(args, device)
     params = TrainParams(
-        max_epochs=args.epochs, patience=args.patience, lr=args.lr,
+        max_epochs=DATASETS_EPOCHS if args.epochs is None else args.epochs, patience=args.patience, lr=args.lr,
         negative_ratio=3.0 if args.negative_ratio is None else args.negative_ratio,
         near_miss_fraction=0.3 if args.near_miss is None else args.near_miss,
         incomplete_labels=args.incomplete_labels, max_positives=args.max_particles, seed=args.seed,
@@ -159,7 +165,7 @@ def _train_one(args: argparse.Namespace) -> int:
     device = resolve_device(args.gpu)
     init = _init_model(args, device)
     params = TrainParams(
-        max_epochs=args.epochs, patience=args.patience, lr=args.lr,
+        max_epochs=30 if args.epochs is None else args.epochs, patience=args.patience, lr=args.lr,
         negative_ratio=1.0 if args.negative_ratio is None else args.negative_ratio,
         near_miss_fraction=0.0 if args.near_miss is None else args.near_miss, seed=args.seed,
     )  # fmt: skip
