@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RIBOSOME = REPO.parent / "shared" / "data" / "empiar10028_ribosome"
-STRATEGIES = ("none", "blobs", "model")
+STRATEGIES = ("none", "blobs", "model", "weighted")
 
 
 def peaks(model, pre, device: str = "cpu") -> pd.DataFrame:
@@ -100,7 +100,7 @@ def examples(items: list[dict], strategy: str, params, vet, norm: str, seed: int
         prep = prepare(it["path"], it["path"], ParticleSize(box_px=it["box"]), it["pixel"], norm)
         pre = prep.pre
         cx, cy = pre.to_resampled(it["labels"][:, 0], it["labels"][:, 1])
-        vetting = vet_micrograph(vet, pre.image, np.column_stack([cx, cy]), params) if strategy == "model" else None
+        vetting = vet_micrograph(vet, pre.image, np.column_stack([cx, cy]), params) if strategy in ("model", "weighted") else None
         part, info = micrograph_examples(pre, it["labels"], rng, params, complete=False, vetting=vetting)
         parts.append(part)
         bg = info["background_xy"]

@@ -62,16 +62,21 @@ class TrainParams:
     background_max_score: float = 1.0
     unlabelled_min_score: float = 0.7
     unlabelled_radius: float = 0.35
+    # "weighted": background windows within ``unlabelled_radius`` of such a peak are kept with this
+    # weight in the loss (positive-unlabelled style: probably particles, so counted less)
+    unlabelled_weight: float = 0.3
     # at most this many particles per micrograph (0 = all): crowded sets do not swamp the others
     max_positives: int = 0
 
 
 @dataclass
 class TrainingSet:
-    """Patches (N, 1, 64, 64) float32 and labels (N,) int64 (1 = particle)."""
+    """Patches (N, 1, 64, 64) float32 and labels (N,) int64 (1 = particle); optional ``weights``
+    (N,) float32 of each patch in the training loss (None = all 1)."""
 
     patches: np.ndarray
     labels: np.ndarray
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -81,7 +86,10 @@ class TrainingSet:
         sets = [s for s in sets if len(s)]
         if not sets:
             return TrainingSet(np.zeros((0, 1, INPUT_SIZE, INPUT_SIZE), np.float32), np.zeros(0, np.int64))
-        return TrainingSet(np.concatenate([s.patches for s in sets]), np.concatenate([s.labels for s in sets]))
+        weights = None
+        if any(s.weights is not None for s in sets):
+            weights = np.concatenate([s.weights if s.weights is not None else np.ones(len(s), np.float32) for s in sets])
+        return TrainingSet(np.concatenate([s.patches for s in sets]), np.concatenate([s.labels for s in sets]), weights)
 
 
 @dataclass
@@ -252,6 +260,7 @@ def train(
     val_idx, train_idx = order[:n_val], order[n_val:]
     x_all = torch.from_numpy(data.patches)
     y_all = torch.from_numpy(data.labels)
+    w_train = None if data.weights is None else torch.from_numpy(np.asarray(data.weights, np.float32))[train_idx].to(device)
     # channels-last tensors: ~1.9x faster training on CPUs (measured: 9.6 -> 5.0 ms per patch)
     fmt = torch.channels_last
     x_train = x_all[train_idx].to(device).contiguous(memory_format=fmt)
@@ -281,7 +290,11 @@ def train(
         for s in range(0, len(perm), params.batch_size):
             idx = perm[s : s + params.batch_size]
             xb = augment(x_train[idx], gen).contiguous(memory_format=fmt)
-            loss = F.cross_entropy(model(xb), y_train[idx])
+            if w_train is None:
+                loss = F.cross_entropy(model(xb), y_train[idx])
+            else:  # weighted mean (validation stays unweighted)
+                w = w_train[idx]
+                loss = (F.cross_entropy(model(xb), y_train[idx], reduction="none") * w).sum() / w.sum().clamp_min(1e-6)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -314,7 +327,7 @@ def train(
 # Several data sets, some with incomplete labels
 # --------------------------------------------------------------------------------------------------
 
-INCOMPLETE_STRATEGIES = ("model", "blobs", "none")
+INCOMPLETE_STRATEGIES = ("model", "weighted", "blobs", "none")
 
 
 def dark_blobs(image: np.ndarray, min_separation: float = 0.6) -> np.ndarray:
@@ -412,14 +425,17 @@ def micrograph_examples(
         blockers = dark_blobs(pre.image)
         if len(blockers) and len(positives):  # a blob on a label is that particle, not a blocker
             blockers = blockers[cKDTree(positives).query(blockers)[0] >= 0.3 * INPUT_SIZE]
-    elif strategy == "model":
+    elif strategy in ("model", "weighted"):
         if vetting is None:
             raise ValueError("incomplete_labels='model' needs the vetting model's view of the micrograph")
         blockers = vetting.unlabelled
-        allowed = vetting.allows if params.background_max_score < 1 else None
+        allowed = vetting.allows if params.background_max_score < 1 and strategy == "model" else None
     min_px = params.min_negative_distance * INPUT_SIZE
     radius = params.unlabelled_radius * INPUT_SIZE
     block = cKDTree(blockers) if len(blockers) else None
+    weigh = None
+    if strategy == "weighted":  # keep the windows, but count those on likely unlabelled particles less
+        weigh, block = block, None
     near = sample_negatives(pre.image.shape, positives, 3 * n_near, rng, min_px, near_miss_fraction=1.0) if n_near else np.zeros((0, 2))
     if block is not None and len(near):
         near = near[block.query(near)[0] >= radius]
@@ -436,6 +452,12 @@ def micrograph_examples(
     pos_p = cut_patches(pre.image, px[inside], py[inside])
     neg_p = cut_patches(pre.image, neg[:, 0], neg[:, 1]) if len(neg) else np.zeros((0, 1, INPUT_SIZE, INPUT_SIZE), np.float32)
     labels = np.concatenate([np.ones(len(pos_p), np.int64), np.zeros(len(neg_p), np.int64)])
+    weights = None
+    if weigh is not None:
+        weights = np.ones(len(labels), np.float32)
+        if len(neg):
+            on = weigh.query(neg)[0] < radius
+            weights[len(pos_p):][on] = params.unlabelled_weight
     info = {"particles": len(pos_p), "background": len(neg_p), "wanted_background": n_neg,
             "unlabelled_blockers": int(len(blockers)), "background_xy": neg}
-    return TrainingSet(np.concatenate([pos_p, neg_p]), labels), info
+    return TrainingSet(np.concatenate([pos_p, neg_p]), labels, weights), info

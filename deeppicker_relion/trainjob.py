@@ -126,7 +126,7 @@ def dataset_examples(
 ) -> tuple[TrainingSet, list[dict]]:
     """Patches of every micrograph of every :class:`~.datasets.LabelledSet`, read ONE micrograph at a
     time (only patches are kept: 16 KiB each). ``normalisation``: the trained model's;
-    ``vet_model`` (needed for ``params.incomplete_labels == "model"``) scores the micrographs of
+    ``vet_model`` (needed for ``params.incomplete_labels in ("model", "weighted")``) scores the micrographs of
     sets with incomplete labels. Returns (patches, one summary per set)."""
     from .pipeline import prepare
     from .preprocess import preprocess
@@ -158,7 +158,7 @@ def dataset_examples(
                 counts["skipped"] += 1
                 continue
             vetting = None
-            if not s.complete and params.incomplete_labels == "model":
+            if not s.complete and params.incomplete_labels in ("model", "weighted"):
                 if vet_model is None:
                     raise JobError("incomplete labels with the 'model' strategy need a vetting model")
                 pre = prepared.pre
@@ -202,7 +202,7 @@ def train_from_datasets(
     ``output`` (safetensors). ``vet_model``: the model that vets background on sets with incomplete
     labels (default: ``init``, else the shipped general model)."""
     normalisation = init.normalisation if init is not None else DEFAULT_NORMALISATION
-    if params.incomplete_labels == "model" and any(not s.complete for s in sets) and vet_model is None:
+    if params.incomplete_labels in ("model", "weighted") and any(not s.complete for s in sets) and vet_model is None:
         if init is not None:
             vet_model = init
         else:

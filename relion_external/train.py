@@ -19,7 +19,7 @@ background off the particles the vetting model confidently finds unlabelled (def
 measured, docs/training.md).
 
 Optional: init (general = fine-tune the shipped general model, the default; scratch; or a weights
-file), epochs, gpu, incomplete_labels (none, model, blobs), relion_version, seed.
+file), epochs, gpu, incomplete_labels (none, model, weighted, blobs), relion_version, seed.
 
 Output: <job>/model.safetensors (a RELION 4/5 output node). Use it in a DeepPicker pick job:
 weights = External/jobNNN/model.safetensors.
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     optional(parser, "--simulated", type=int, default=0, metavar="N",
              help="mix in N micrographs of random simulated molecules (default 0)")
     optional(parser, "--incomplete_labels", default="none", metavar="HOW",
-             help="background on curated (incomplete) sets: none (default), model or blobs (docs/training.md)")
+             help="background on curated (incomplete) sets: none (default), model, weighted or blobs (docs/training.md)")
     optional(parser, "--particle_diameter", type=float, default=None, metavar="A",
              help="particle diameter in Angstrom (required)")
     optional(parser, "--init", default="general", metavar="FROM",
@@ -95,8 +95,8 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
         args.epochs = 20 if several else 30
     if args.epochs < 1:
         raise JobError(f"epochs must be at least 1 (got {args.epochs})")
-    if args.incomplete_labels not in ("model", "blobs", "none"):
-        raise JobError(f"incomplete_labels must be model, blobs or none (got {args.incomplete_labels!r})")
+    if args.incomplete_labels not in ("none", "model", "weighted", "blobs"):
+        raise JobError(f"incomplete_labels must be none, model, weighted or blobs (got {args.incomplete_labels!r})")
 
     from deeppicker_relion.io import relion_nodes
 

@@ -202,3 +202,35 @@ def test_bad_files(tmp_path):
     starfile.write({"micrographs": pd.DataFrame({"rlnMicrographName": ["a.mrc"]})}, mics)
     with pytest.raises(JobError, match="neither a particles STAR nor a coordinate node"):
         read_dataset(DataSpec(str(mics), 180.0))
+
+
+def test_incomplete_label_strategies():
+    """Half of the particles labelled; the vetting model 'finds' the other half: 'model' keeps every
+    background window 0.35 box from them, 'weighted' keeps windows there at weight 0.3, 'none'
+    ignores them; near misses stay in every strategy."""
+    from scipy.spatial import cKDTree
+
+    from deeppicker_relion.preprocess import preprocess
+    from deeppicker_relion.training import TrainParams, Vetting, micrograph_examples
+
+    image, centres = blob_micrograph(3, shape=(600, 640), n=40, box=40, snr=2.0)
+    pre = preprocess(image, 40.0)
+    xy = centres[["x", "y"]].to_numpy()
+    labels, hidden = xy[::2], xy[1::2]
+    hx, hy = pre.to_resampled(hidden[:, 0], hidden[:, 1])
+    grid = np.ones(((pre.image.shape[0] - 64) // 4 + 1, (pre.image.shape[1] - 64) // 4 + 1), bool)
+    vetting = Vetting(grid, 4, 32.0, np.column_stack([hx, hy]))
+    params = TrainParams(negative_ratio=6.0, near_miss_fraction=0.3)
+    found = {}
+    for strategy in ("none", "model", "weighted"):
+        params.incomplete_labels = strategy
+        data, info = micrograph_examples(pre, labels, np.random.default_rng(0), params, complete=False, vetting=vetting)
+        d = cKDTree(np.column_stack([hx, hy])).query(info["background_xy"])[0] / 64
+        found[strategy] = (d, data)
+        assert info["particles"] == len(labels) and info["background"] == round(6 * len(labels))
+    assert (found["none"][0] < 0.35).sum() > 0
+    assert (found["model"][0] >= 0.35).all()
+    d, data = found["weighted"]
+    w = data.weights[data.labels == 0]
+    np.testing.assert_array_equal(w < 1, d < 0.35)
+    assert np.allclose(w[d < 0.35], 0.3) and data.weights[data.labels == 1].min() == 1.0

@@ -64,10 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="background patches per particle (default 1 as the paper for one data set; 3 for data sets)")
     parser.add_argument("--near-miss", type=float, default=None,
                         help="fraction of background 0.25-0.6 box from a particle (default 0 for one data set; 0.3 for data sets)")
-    parser.add_argument("--incomplete-labels", choices=("none", "model", "blobs"), default="none",
+    parser.add_argument("--incomplete-labels", choices=("none", "model", "weighted", "blobs"), default="none",
                         help="background on data sets with incomplete labels: 'none' (default: anywhere 0.6 box from "
                              "a label), 'model' (not on peaks the vetting model, --init or the shipped one, confidently "
-                             "calls particles), 'blobs' (not on dark blobs); measured in docs/training.md")
+                             "calls particles), 'weighted' (there, but counted 0.3), 'blobs' (not on dark blobs); "
+                             "measured in docs/training.md")
     parser.add_argument("--max-particles", type=int, default=300,
                         help="at most this many particles per micrograph with data sets (default 300; 0 = all)")
     parser.add_argument("--cache", type=Path, default=None,
