@@ -124,3 +124,41 @@ def test_gpu_without_cuda_fails_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("deeppicker: error:") and "CUDA is not available" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_pick_job_with_several_micrographs_per_batch_writes_the_same_picks(monkeypatch, tmp_path):
+    """The job code's batched path (what --gpu runs), forced on the CPU with 2 micrographs per batch,
+    writes the same candidates and picks as one micrograph at a time; a bad file in between is
+    still listed as failed."""
+    import functools
+
+    import pandas as pd
+
+    from deeppicker_relion import pickjob
+    from deeppicker_relion.io.mrc import write_mrc
+    from deeppicker_relion.io.star import read_coordinate_star
+    from deeppicker_relion.model import load_model
+    from deeppicker_relion.pipeline import ParticleSize
+    from deeppicker_relion.simulate import load_map, simulate_micrograph
+
+    paths = []
+    for k in range(3):
+        image, _ = simulate_micrograph((260, 300), 3.0, [load_map("proteasome20S_3j9i")], n_particles=6, snr=0.2,
+                                       seed=50 + k)
+        paths.append(tmp_path / f"m{k}.mrc")
+        write_mrc(paths[-1], image, 3.0)
+    (tmp_path / "bad.mrc").write_text("not an MRC file")
+    names = ["m0.mrc", "bad.mrc", "m1.mrc", "m2.mrc"]
+    mics = pd.DataFrame({"name": names, "path": [str(tmp_path / n) for n in names]})
+    model, _ = load_model()
+    size = ParticleSize(diameter_A=180.0)
+    one = pickjob.run_pick_job(mics, model, pickjob.PickJob(tmp_path / "one", size, resume=False))
+    monkeypatch.setattr(pickjob, "score_ahead", functools.partial(pickjob.score_ahead, batch_size=2))
+    batched = pickjob.run_pick_job(mics, model, pickjob.PickJob(tmp_path / "batched", size, resume=False))
+    assert list(one.table["status"]) == list(batched.table["status"]) == ["picked", "failed", "picked", "picked"]
+    for name in ("m0", "m1", "m2"):
+        a = read_coordinate_star(tmp_path / "one" / "candidates" / f"{name}.star")
+        b = read_coordinate_star(tmp_path / "batched" / "candidates" / f"{name}.star")
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(a[["x", "y", "score"]].to_numpy(float), b[["x", "y", "score"]].to_numpy(float),
+                                   atol=1e-3)
