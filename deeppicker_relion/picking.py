@@ -50,7 +50,10 @@ class PickParams:
     ``floor`` is the raw network score down to which candidates are found (the figure of merit
     describes each micrograph by all of them)."""
 
-    threshold: float = 0.5
+    # the operating point 2D classification wants (recall first): the highest recall at precision
+    # >= 0.8 over the held-out sets with fewer than 0.5 picks per empty micrograph
+    # (benchmarks/accuracy.py --only calibration; MODEL_CARD.md, "Results")
+    threshold: float = 0.6
     max_picks: int | None = None
     floor: float = FEATURE_FLOOR
     clean: bool = True

@@ -272,10 +272,15 @@ def _row(
 def _merit(candidates: pd.DataFrame, picks_fom: np.ndarray) -> dict:
     """The summary's figure-of-merit columns of one micrograph: its expected number of particles
     (the sum of all its candidates' figures of merit, recorded when it was picked), the expected
-    precision of its picks (their mean figure of merit) and its flag (:func:`.fom.micrograph_flag`)."""
+    precision of its picks (their mean figure of merit) and its flag (:func:`.fom.micrograph_flag`,
+    from the expected particles among its candidates of figure of merit >= 0.3)."""
+    from .fom import EMPTY_FOM
+
     attrs = candidates.attrs or {}
-    expected = float(attrs.get("expected_particles", candidates["score"].sum() if len(candidates) else 0.0))
-    flag = micrograph_flag(expected, float(attrs.get("removed_fraction", 0.0)), float(attrs.get("dark_fraction", 0.0)))
+    fom = candidates["score"].to_numpy(float)
+    expected = float(attrs.get("expected_particles", fom.sum()))
+    confident = float(attrs.get("confident_particles", fom[fom >= EMPTY_FOM].sum()))
+    flag = micrograph_flag(confident, float(attrs.get("removed_fraction", 0.0)), float(attrs.get("dark_fraction", 0.0)))
     return dict(expected_particles=expected, expected_precision=expected_precision(picks_fom), flag=flag)
 
 
@@ -374,12 +379,12 @@ def flag_counts(table: pd.DataFrame) -> dict[str, int]:
 def flags_message(table: pd.DataFrame, node: str, n_kept: int) -> str:
     """One line for the log: how many micrographs were flagged, and why, and the node that lists
     the others."""
-    from .fom import EMPTY_EXPECTED, FLAG_EMPTY, FLAG_REMOVED, REMOVED_MOSTLY
+    from .fom import EMPTY_EXPECTED, EMPTY_FOM, FLAG_EMPTY, FLAG_REMOVED, REMOVED_MOSTLY
 
     counts = flag_counts(table)
     n_empty, n_removed = counts.get(FLAG_EMPTY, 0), counts.get(FLAG_REMOVED, 0)
     return (f"{n_empty + n_removed} micrographs flagged: {n_empty} look empty (fewer than {EMPTY_EXPECTED:g} particles "
-            f"expected), {n_removed} mostly ice, carbon or contamination (over {REMOVED_MOSTLY:.0%} removed); "
+            f"expected among candidates of figure of merit >= {EMPTY_FOM:g}), {n_removed} mostly ice, carbon or contamination (over {REMOVED_MOSTLY:.0%} removed); "
             f"{node} lists the {n_kept} that hold particles (give it to Extract to leave the others out)")
 
 

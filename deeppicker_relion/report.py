@@ -166,7 +166,7 @@ def _summary_text(outdir: Path, table: pd.DataFrame, failed: pd.DataFrame, job, 
 
 def _merit_lines(table: pd.DataFrame) -> list[str]:
     """What the figure of merit says of the micrographs: expected particles and precision, flags."""
-    from .fom import EMPTY_EXPECTED, FLAG_EMPTY, FLAG_OK, FLAG_REMOVED, REMOVED_MOSTLY
+    from .fom import EMPTY_EXPECTED, EMPTY_FOM, FLAG_EMPTY, FLAG_OK, FLAG_REMOVED, REMOVED_MOSTLY
 
     ok = table[table["status"] != "failed"]
     if "expected_particles" not in ok.columns or ok.empty:
@@ -180,7 +180,7 @@ def _merit_lines(table: pd.DataFrame) -> list[str]:
              f"{expected.sum():.0f} particles expected on the micrographs picked; expected precision of the picks "
              f"{pooled:.2f}",
              f"micrographs flagged: {int(flags.get(FLAG_EMPTY, 0))} empty (fewer than {EMPTY_EXPECTED:g} particles "
-             f"expected), {int(flags.get(FLAG_REMOVED, 0))} mostly ice, carbon or contamination (over "
+             f"expected among candidates of figure of merit >= {EMPTY_FOM:g}), {int(flags.get(FLAG_REMOVED, 0))} mostly ice, carbon or contamination (over "
              f"{REMOVED_MOSTLY:.0%} removed); {int(flags.get(FLAG_OK, 0))} hold particles"]
     flagged = ok[ok["flag"].astype(str) != FLAG_OK]
     for _, row in flagged.head(10).iterrows():

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in_mics", metavar="STAR", help="input micrographs STAR (RELION: Input micrographs)")
     optional(parser, "--particle_diameter", type=float, default=None, metavar="A",
              help="particle diameter in Angstrom (required)")
-    optional(parser, "--threshold", type=float, default=0.5, metavar="P",
-             help="minimum figure of merit 0..1 (default 0.5): the calibrated probability that a pick is a particle, "
+    optional(parser, "--threshold", type=float, default=0.6, metavar="P",
+             help="minimum figure of merit 0..1 (default 0.6): the calibrated probability that a pick is a particle, "
                   "written as rlnAutopickFigureOfMerit; a new value on continue re-thresholds without re-scoring")
     optional(parser, "--max_picks", type=int, default=None, metavar="N",
              help="at most N picks per micrograph, best first (default: no limit; 0 = no limit)")

@@ -181,7 +181,7 @@ def test_candidates_moved_together_keep_their_spacing() -> None:
     image = np.zeros((220, 220), np.float32)
     image[112, 112] = 5.0
     pre = Preprocessed(image, (1.0, 1.0), image.shape)
-    params = PickParams(clean=False, outlier_fraction=1.0, dark_sigma=0, refine=False)
+    params = PickParams(floor=0.01, clean=False, outlier_fraction=1.0, dark_sigma=0, refine=False)
     apart = find_candidates(ScoreMap(logits, 4), pre, params)
     moved = find_candidates(ScoreMap(logits, 4), pre, params, BrightestPixel())
     assert len(apart) == 2 and len(moved) == 1

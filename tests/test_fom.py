@@ -29,7 +29,7 @@ from deeppicker_relion.io.star import read_candidate_star, read_coordinate_star
 def _simulated_micrograph(rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
     """Candidates of a made-up micrograph: background peaks (1.5 per box area, network logits around
     -7) and, on 70 % of micrographs, particles whose logits sit at a level of their own (the SNR)."""
-    area = float(rng.uniform(100, 300))
+    area = float(rng.uniform(60, 150))
     n_bg = rng.poisson(1.5 * area)
     n_p = 0 if rng.uniform() < 0.3 else int(rng.uniform(0.03, 0.4) * area)
     z = np.concatenate([rng.normal(-7.0, 2.0, n_bg), rng.normal(rng.uniform(-5, 5), 1.2, n_p)])
@@ -42,12 +42,19 @@ def _simulated_micrograph(rng: np.random.Generator) -> tuple[pd.DataFrame, np.nd
     return cands, hits[keep][order]
 
 
-def test_fitted_figure_of_merit_is_calibrated_on_other_micrographs_and_keeps_the_ranking() -> None:
+@pytest.fixture(scope="module")
+def fitted() -> FomModel:
+    """The figure of merit fitted on 150 made-up micrographs."""
     rng = np.random.default_rng(0)
-    mics = [_simulated_micrograph(rng) for _ in range(300)]
-    model = fit_fom(FitTable.from_micrographs(mics[:150]))
+    return fit_fom(FitTable.from_micrographs([_simulated_micrograph(rng) for _ in range(150)]), max_iter=60,
+                   fitted_on="test")
+
+
+def test_fitted_figure_of_merit_is_calibrated_on_other_micrographs_and_keeps_the_ranking(fitted: FomModel) -> None:
+    rng = np.random.default_rng(10)
+    model = fitted
     foms, hits, raw = [], [], []
-    for cands, h in mics[150:]:
+    for cands, h in (_simulated_micrograph(rng) for _ in range(150)):
         out = calibrate_candidates(cands, model)
         # the order of the network's scores is kept within a micrograph (so is the label order)
         assert np.all(np.diff(out["raw_score"].to_numpy()) <= 0)
@@ -60,24 +67,24 @@ def test_fitted_figure_of_merit_is_calibrated_on_other_micrographs_and_keeps_the
     assert expected_calibration_error(r, h, 9, 0.1) > 0.1  # the raw scores are not calibrated: the test can fail
 
 
-def test_a_micrograph_full_of_particle_like_candidates_lifts_their_figure_of_merit() -> None:
+def test_a_micrograph_full_of_particle_like_candidates_lifts_their_figure_of_merit(fitted: FomModel) -> None:
     rng = np.random.default_rng(1)
-    model = fit_fom(FitTable.from_micrographs([_simulated_micrograph(rng) for _ in range(200)]))
-    bg = rng.normal(-7.0, 2.0, 300)
-    crowded = np.concatenate([bg, rng.normal(-3.0, 1.0, 90), [-3.0]])
+    model = fitted
+    bg = rng.normal(-7.0, 2.0, 150)
+    crowded = np.concatenate([bg, rng.normal(-3.0, 1.0, 40), [-3.0]])
     sparse = np.concatenate([bg, [-3.0]])
     fom = {}
     for name, z in (("crowded", crowded), ("sparse", sparse)):
         c = pd.DataFrame({"x": 0.0, "y": 0.0, "score": 1 / (1 + np.exp(-z))})
-        c.attrs = {"area_boxes": 200.0}
+        c.attrs = {"area_boxes": 100.0}
         out = calibrate_candidates(c, model)
         fom[name] = float(out.loc[np.isclose(out["raw_score"], 1 / (1 + np.exp(3.0))), "score"].iloc[0])
     assert fom["crowded"] > 0.5 > fom["sparse"], fom
 
 
-def test_figure_of_merit_metadata_round_trip_and_refusals(tmp_path: Path) -> None:
+def test_figure_of_merit_metadata_round_trip_and_refusals(tmp_path: Path, fitted: FomModel) -> None:
     rng = np.random.default_rng(2)
-    model = fit_fom(FitTable.from_micrographs([_simulated_micrograph(rng) for _ in range(40)]), fitted_on="test")
+    model = fitted
     again = FomModel.from_metadata(json.loads(json.dumps(model.to_metadata())))
     cands, _ = _simulated_micrograph(rng)
     np.testing.assert_array_equal(calibrate_candidates(cands, model)["score"], calibrate_candidates(cands, again)["score"])

@@ -133,7 +133,7 @@ def test_readme_commands_run_on_the_demo_folder(demo_run, tmp_path: Path, monkey
             out = capsys.readouterr()
             assert rc == 0, f"README command failed ({rc}): {part}\n{out.out[-3000:]}\n{out.err[-3000:]}"
             ran.append(part)
-    assert len(ran) >= 15, ran
+    assert len(ran) >= 10, ran  # the README holds 11 (a guard against the block parser finding none)
     # what the README says these commands write
     picks = tmp_path / "picks"
     assert pdf_pages(picks / "logfile.pdf") >= 4
@@ -197,7 +197,7 @@ def test_troubleshooting_messages_exist_in_the_code() -> None:
     section = text[text.index("## Troubleshooting") :]
     rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
     fragments = [f for row in rows for f in re.findall(r"`([^`]+)`", row.split("|")[1])]
-    assert len(fragments) >= 25, fragments
+    assert len(fragments) >= 20, fragments  # the README lists 23
     source = _source_text()
     missing = [f for f in fragments if f not in source]
     assert not missing, f"troubleshooting lists messages the code no longer has: {missing}"

@@ -94,11 +94,11 @@ def labelled_candidates(model, index: pd.DataFrame, cache: Path | None = None) -
     return out
 
 
-def held_out_check(items: list[tuple[pd.DataFrame, np.ndarray]]) -> dict:
+def held_out_check(items: list[tuple[pd.DataFrame, np.ndarray]], max_iter: int = 100) -> dict:
     """Fit on the even-numbered micrographs, measure on the odd-numbered ones."""
     from deeppicker_relion.fom import calibrate_candidates
 
-    fit = fit_fom(FitTable.from_micrographs(items[0::2]))
+    fit = fit_fom(FitTable.from_micrographs(items[0::2]), max_iter=max_iter)
     foms, hits = [], []
     for cands, h in items[1::2]:
         cal = calibrate_candidates(cands, fit)  # sorted by FOM; keep the labels aligned (same order: monotone)
@@ -144,12 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         check = held_out_check(items)
         print(json.dumps({k: v for k, v in check.items() if k != "reliability"}, indent=1))
-        print(pd.DataFrame(check["reliability"]).to_markdown(index=False) if hasattr(pd.DataFrame, "to_markdown") else
-              pd.DataFrame(check["reliability"]))
+        print(pd.DataFrame(check["reliability"]).to_string(index=False))
     n_empty = int(sum(1 for _, row in index.iterrows() if int(row["n_particles"]) == 0))
     fitted_on = (f"{len(index)} selection micrographs of the recipe ({len(index) - n_empty} of random molecules and cages, "
                  f"{n_empty} empty): training/fit_fom.py")
-    fom = fit_fom(FitTable.from_micrographs(items), fitted_on=fitted_on)
+    fom = fit_fom(FitTable.from_micrographs(items), fitted_on=fitted_on, max_iter=100)
     write_fom(args.weights, fom.to_metadata(), args.output or args.weights)
     log.info("wrote the figure of merit into %s (%.0f s in all): %s", args.output or args.weights,
              time.perf_counter() - start, json.dumps(fom.to_metadata()))

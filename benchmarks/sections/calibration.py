@@ -99,8 +99,9 @@ def section_calibration(results: dict, args: argparse.Namespace) -> None:
         sets[name] = [(n, c, h, len(refs[n])) for n, c, h in _labelled(cands, index)]
         for n, c, h, n_ref in sets[name]:
             attrs = c.attrs
-            per_mic.append(dict(set=name, n_ref=n_ref, expected=float(c["score"].sum()),
-                                flag=micrograph_flag(float(c["score"].sum()), attrs.get("removed_fraction", 0.0),
+            per_mic.append(dict(set=name, n_ref=n_ref, expected=attrs["expected_particles"],
+                                picked_true=int(h[c["score"].to_numpy(float) >= common.THRESHOLD].sum()),
+                                flag=micrograph_flag(attrs["confident_particles"], attrs.get("removed_fraction", 0.0),
                                                      attrs.get("dark_fraction", 0.0))))
     empty = []
     for mol in recipe.molecules():
@@ -111,8 +112,8 @@ def section_calibration(results: dict, args: argparse.Namespace) -> None:
         cands, _ = pick_candidates(model, idx)
         empty += [(n, c, np.zeros(len(c), bool), 0) for n, c in cands.items()]
     for n, c, _, _ in empty:
-        per_mic.append(dict(set="empty", n_ref=0, expected=float(c["score"].sum()),
-                            flag=micrograph_flag(float(c["score"].sum()), c.attrs.get("removed_fraction", 0.0),
+        per_mic.append(dict(set="empty", n_ref=0, expected=c.attrs["expected_particles"], picked_true=0,
+                            flag=micrograph_flag(c.attrs["confident_particles"], c.attrs.get("removed_fraction", 0.0),
                                                  c.attrs.get("dark_fraction", 0.0))))
     sets["empty micrographs"] = empty
 
@@ -179,13 +180,15 @@ def section_calibration(results: dict, args: argparse.Namespace) -> None:
 
     # flags
     flags = pd.DataFrame(per_mic)
-    print("\nMicrograph flags (expected particles = sum of the figures of merit)\n")
-    print("| set | micrographs | flagged empty | flagged ice/carbon/contamination | particles on flagged micrographs |")
-    print("|---|---|---|---|---|")
+    print("\nMicrograph flags (empty: fewer than 2 particles expected among the candidates of figure of merit >= 0.3)\n")
+    print(f"| set | micrographs | flagged empty | flagged ice/carbon/contamination | particles on flagged micrographs | "
+          f"particles picked at {common.THRESHOLD:g} on flagged micrographs |")
+    print("|---|---|---|---|---|---|")
     for name, g in flags.groupby("set", sort=False):
         bad = g["flag"] != FLAG_OK
         print(f"| {name} | {len(g)} | {int((g['flag'] == 'empty').sum())} | {int((g['flag'] == 'ice/carbon/contamination').sum())} | "
-              f"{int(g.loc[bad, 'n_ref'].sum())} of {int(g['n_ref'].sum())} |")
+              f"{int(g.loc[bad, 'n_ref'].sum())} of {int(g['n_ref'].sum())} | {int(g.loc[bad, 'picked_true'].sum())} of "
+              f"{int(g['picked_true'].sum())} |")
     results["calibration"] = dict(
         ece=rows, reliability={k: v.round(4).to_dict("list") for k, v in tables.items()}, operating_threshold=chosen,
         curve=curve.round(4).to_dict("list"), per_set=per_set, flags=flags.groupby("set")["flag"].value_counts().to_dict().__repr__(),

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser)
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     parser.add_argument("--weights", default=None, help="model file (default: the shipped general model)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum figure of merit, 0..1 (default 0.5): the calibrated probability that a "
+    parser.add_argument("--threshold", type=float, default=PickParams().threshold,
+                        help=f"minimum figure of merit, 0..1 (default {PickParams().threshold:g}): the calibrated probability that a "
                         "pick is a particle, written as rlnAutopickFigureOfMerit; picks are exactly the candidates "
                         "whose figure of merit is at least this")
     parser.add_argument("--max-picks", type=int, default=None, help="at most this many picks per micrograph, best first")
@@ -128,6 +129,9 @@ def main(args: argparse.Namespace) -> int:
         job.size = scaled_size(size, recorded_factor(job.outdir, size))  # as the picking run did
         summary = rethreshold(mics, job)
         log.info("re-thresholded %d micrographs at %.3f: %d particles", len(summary.table), args.threshold, summary.n_particles)
+        if args.cs or (args.output / "particles.cs").exists():  # never left at another threshold than the picks
+            n = write_cryosparc(summary.table, job, args.output / "particles.cs")
+            log.info("wrote %s (%d particles for CryoSPARC)", args.output / "particles.cs", n)
         _report(args, summary, job, mics, ["re-thresholded from the saved candidates (no re-scoring)"])
         return 0 if summary.failed.empty else 1
     devices = parse_devices(args.gpu, args.processes)

@@ -135,6 +135,7 @@ def write_coordinate_star(path: str | Path, picks: pd.DataFrame) -> None:
 
 CANDIDATE_RAW_COLUMN = "deeppickerNetworkScore"  # the network's own score; rlnAutopickFigureOfMerit: the FOM
 MICROGRAPH_BLOCK = "micrograph"
+MICROGRAPH_KEYS = ("area_boxes", "removed_fraction", "dark_fraction", "expected_particles", "confident_particles")
 
 
 def write_candidate_star(path: str | Path, candidates: pd.DataFrame) -> None:
@@ -156,8 +157,7 @@ def write_candidate_star(path: str | Path, candidates: pd.DataFrame) -> None:
 def micrograph_info(attrs: dict) -> dict[str, float]:
     """The flat per-micrograph values of candidates' ``attrs`` (features included) for the
     ``data_micrograph`` block."""
-    info = {k: float(attrs[k]) for k in ("area_boxes", "removed_fraction", "dark_fraction", "expected_particles")
-            if attrs.get(k) is not None}
+    info = {k: float(attrs[k]) for k in MICROGRAPH_KEYS if attrs.get(k) is not None}
     info.update({k: float(v) for k, v in (attrs.get("features") or {}).items()})
     return info
 
@@ -174,7 +174,7 @@ def read_candidate_star(path: str | Path) -> pd.DataFrame:
     info = blocks.get(MICROGRAPH_BLOCK)
     if info is not None and len(info):
         row = {k: float(v) for k, v in info.iloc[0].items()}
-        attrs = {k: row.pop(k) for k in ("area_boxes", "removed_fraction", "dark_fraction", "expected_particles") if k in row}
+        attrs = {k: row.pop(k) for k in MICROGRAPH_KEYS if k in row}
         attrs["features"] = row
         cands.attrs = attrs
     return cands
