@@ -79,25 +79,12 @@ def train_from_files(
     data, boxes = build_training_set(micrographs, coordinates, size, params, should_abort, normalisation)
     n_pos = int(data.labels.sum())
     log.info("training on %d particle and %d background patches from %d micrographs", n_pos, len(data) - n_pos, len(boxes))
-    try:
-        model, history = train(data, params, device=device, init=init, progress=progress,
-                               on_epoch=lambda epoch: _check_abort(should_abort))
-    except ValueError as err:
-        raise JobError(str(err)) from None
-    info = {
+    model, history, info = _train_and_save(data, params, device, init, progress, should_abort, output, {
         "recipe": "deeppicker train",
-        "train_params": asdict(params),
-        "n_particles": n_pos,
-        "n_background": len(data) - n_pos,
         "n_micrographs": len(boxes),
         "box_px": float(np.median(boxes)) if boxes else None,
-        "best_epoch": history.best_epoch + 1,
-        "val_loss": history.val_loss[history.best_epoch],
-        "val_accuracy": history.val_accuracy[history.best_epoch],
-        "fine_tuned": init is not None,
         **(extra_info or {}),
-    }
-    save_model(model, output, info)
+    })
     log.info(
         "wrote %s (best epoch %d of %d, validation loss %.4f, accuracy %.3f)",
         output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"],
@@ -212,24 +199,35 @@ def train_from_datasets(
     data, summaries = dataset_examples(sets, params, normalisation, vet_model, device, should_abort, progress)
     n_pos = int(data.labels.sum())
     log.info("training on %d particle and %d background patches from %d data sets", n_pos, len(data) - n_pos, len(sets))
+    model, history, info = _train_and_save(data, params, device, init, progress, should_abort, output, {
+        "recipe": "deeppicker train (data sets)",
+        "datasets": summaries,
+        **(extra_info or {}),
+    })
+    log.info("wrote %s (best epoch %d of %d, validation loss %.4f, accuracy %.3f)",
+             output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"])
+    return model, history
+
+
+def _train_and_save(data, params: TrainParams, device, init, progress, should_abort, output: Path,
+                    about: dict) -> tuple:
+    """Train on ``data`` (abort polled each epoch), save the weights with ``about`` and what the
+    training measured in their metadata; returns (model, history, metadata)."""
     try:
         model, history = train(data, params, device=device, init=init, progress=progress,
                                on_epoch=lambda epoch: _check_abort(should_abort))
     except ValueError as err:
         raise JobError(str(err)) from None
+    n_pos = int(data.labels.sum())
     info = {
-        "recipe": "deeppicker train (data sets)",
         "train_params": asdict(params),
-        "datasets": summaries,
         "n_particles": n_pos,
         "n_background": len(data) - n_pos,
         "best_epoch": history.best_epoch + 1,
         "val_loss": history.val_loss[history.best_epoch],
         "val_accuracy": history.val_accuracy[history.best_epoch],
         "fine_tuned": init is not None,
-        **(extra_info or {}),
+        **about,
     }
     save_model(model, output, info)
-    log.info("wrote %s (best epoch %d of %d, validation loss %.4f, accuracy %.3f)",
-             output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"])
-    return model, history
+    return model, history, info
