@@ -554,6 +554,8 @@ def test_select_threshold_and_top_n() -> None:
     cand = pd.DataFrame({"x": [1.0, 2, 3, 4], "y": [1.0, 2, 3, 4], "score": [0.3, 0.9, 0.6, 0.8]})
     assert select(cand, 0.5)["score"].tolist() == [0.9, 0.8, 0.6]
     assert select(cand, 0.0, max_picks=2)["score"].tolist() == [0.9, 0.8]
+    assert select_picks(cand, PickParams(threshold=0.7))["score"].tolist() == [0.9, 0.8]  # the job's threshold
+    assert select_picks(cand, PickParams(threshold=0.5, max_picks=1))["score"].tolist() == [0.9]
 
 
 def test_find_candidates_records_the_area_in_boxes() -> None:
