@@ -3,19 +3,7 @@ held-out sets, picking a set, the metrics, the models that pick each set, and th
 sets (WEIGHTS, SINGLE_MODEL, LOMO_DIR, AUGMENT, CENTRING; read them as ``common.WEIGHTS`` etc., as the
 driver changes them after import).
 
-Held-out sets (never used to train or calibrate the model that picks them):
-- each simulated molecule: 10 test micrographs (training/cache/sim/MOL/test, seeds of their own),
-  picked by the fold model trained WITHOUT that molecule (training/cache/lomo/MOL.safetensors);
-- the 10 real EMPIAR-10028 ribosome micrographs: picked by the model trained on simulations only
-  (training/cache/lomo/ribosome.safetensors); labels are incomplete (precision is understated);
-- the 17 real apoferritin micrographs (../shared/data/apoferritin), which no model ever trains on:
-  picked by the shipped model and by every fold model;
-- 80 empty simulated micrographs (ice, noise, sometimes contamination or carbon; 20 per
-  molecule's conditions): picked by the fold model of that molecule and by the shipped model.
-
-Metrics (deeppicker_relion.evaluate): one-to-one matching within 0.2 x diameter, best score first;
-precision, recall, F1 and mean centre error / box at the default threshold 0.5; the best F1 over
-all thresholds (an oracle threshold); top-N F1 (N = number of reference particles per micrograph).
+The held-out sets and the metrics are described in the driver's docstring (benchmarks/accuracy.py).
 """
 
 from __future__ import annotations

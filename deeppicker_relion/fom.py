@@ -87,6 +87,14 @@ def usable_area(area_boxes: float, removed_fraction: float, dark_fraction: float
     return max(1.0, float(area_boxes) * max(0.05, 1.0 - float(removed_fraction) - float(dark_fraction)))
 
 
+def log_rank_density(z: np.ndarray, area: float) -> np.ndarray:
+    """log((rank + 0.5) / area) of each candidate (rank 0 = the best logit ``z`` of its micrograph;
+    ``area``: its usable area in particle boxes)."""
+    rank = np.empty(len(z))
+    rank[np.argsort(-np.asarray(z), kind="stable")] = np.arange(len(z))
+    return np.log((rank + 0.5) / area)
+
+
 def micrograph_features(raw_scores: np.ndarray, area_boxes: float, removed_fraction: float = 0.0,
                         dark_fraction: float = 0.0) -> dict[str, float]:
     """The features (:data:`FEATURES`) of one micrograph from the raw network scores of all its
@@ -185,11 +193,9 @@ class FomModel:
         if self.identity:
             return raw.copy()
         z = logit(raw)
-        rank = np.empty(len(z))
-        rank[np.argsort(-z, kind="stable")] = np.arange(len(z))
         area = usable_area(area_boxes, features["removed_fraction"], features["dark_fraction"])
         slope, offset = self.slope_offset(features)
-        p = _sigmoid(slope * z + offset + self.w * np.log((rank + 0.5) / area))
+        p = _sigmoid(slope * z + offset + self.w * log_rank_density(z, area))
         return self.holds_particles(features, p) * p
 
     def holds_particles(self, features: dict[str, float], p: np.ndarray) -> float:
@@ -273,10 +279,8 @@ class FitTable:
             dark = float(cands.attrs.get("dark_fraction", 0.0))
             f = micrograph_features(raw, area, removed, dark)
             z = logit(raw)
-            rank = np.empty(len(z))
-            rank[np.argsort(-z, kind="stable")] = np.arange(len(z))
             zs.append(z)
-            rs.append(np.log((rank + 0.5) / usable_area(area, removed, dark)))
+            rs.append(log_rank_density(z, usable_area(area, removed, dark)))
             ms.append(np.full(len(z), k))
             ys.append(np.asarray(hits, dtype=float))
             feats.append(f)

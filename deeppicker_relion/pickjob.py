@@ -36,7 +36,7 @@ from .io.coords import read_coordinates, write_coordinates
 from .io.atomic import remove_stale_temporaries
 from .io.micrographs import relative_output_stem
 from .io.mrc import read_header, read_shape
-from .fom import expected_precision, micrograph_flag
+from .fom import EMPTY_FOM, expected_precision, micrograph_flag
 from .io.star import first_loop, read_candidate_star, read_coordinate_star, read_star, write_candidate_star, write_star
 from .model import DeepPickerNet
 from .picking import PickParams, select_picks
@@ -274,8 +274,6 @@ def _merit(candidates: pd.DataFrame, picks_fom: np.ndarray) -> dict:
     (the sum of all its candidates' figures of merit, recorded when it was picked), the expected
     precision of its picks (their mean figure of merit) and its flag (:func:`.fom.micrograph_flag`,
     from the expected particles among its candidates of figure of merit >= 0.3)."""
-    from .fom import EMPTY_FOM
-
     attrs = candidates.attrs or {}
     fom = candidates["score"].to_numpy(float)
     expected = float(attrs.get("expected_particles", fom.sum()))

@@ -20,6 +20,7 @@ ones (expected calibration error), then fits on all and writes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -101,13 +102,21 @@ def held_out_check(items: list[tuple[pd.DataFrame, np.ndarray]], max_iter: int =
     fit = fit_fom(FitTable.from_micrographs(items[0::2]), max_iter=max_iter)
     foms, hits = [], []
     for cands, h in items[1::2]:
-        cal = calibrate_candidates(cands, fit)  # sorted by FOM; keep the labels aligned (same order: monotone)
-        order = np.argsort(-cands["score"].to_numpy(float), kind="stable")
-        foms.append(cal["score"].to_numpy(float))
-        hits.append(np.asarray(h)[order])
+        # candidates and labels are best first; the FOM keeps that order (it never reorders a micrograph)
+        foms.append(calibrate_candidates(cands, fit)["score"].to_numpy(float))
+        hits.append(np.asarray(h))
     f, h = np.concatenate(foms), np.concatenate(hits)
     return {"ece_all": expected_calibration_error(f, h), "ece_above_0.1": expected_calibration_error(f, h, lowest=0.1),
             "reliability": reliability(f, h).round(3).to_dict("records")}
+
+
+def network_digest(weights: Path) -> str:
+    """Short SHA-256 of the network's tensors (not of the file: the "fom" metadata written into it
+    does not change the scores, so the cached candidates stay valid)."""
+    digest = hashlib.sha256()
+    for _, tensor in sorted(read_safetensors(weights)[0].items()):
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def write_fom(weights: Path, fom_meta: dict, output: Path) -> None:
@@ -136,11 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     model, _ = load_model(args.weights)
     index = selection_index().iloc[:: max(1, args.stride)].reset_index(drop=True)
-    digest = __import__("hashlib").sha256(args.weights.read_bytes()).hexdigest()[:12]
-    # the cache is per network: the "fom" metadata does not change the scores, the tensors do
-    tensors = __import__("hashlib").sha256(b"".join(v.numpy().tobytes() for v in read_safetensors(args.weights)[0].values())).hexdigest()[:12]
-    items = labelled_candidates(model, index, CACHE / tensors)
-    log.info("candidates of %d micrographs in %.0f s (weights %s)", len(items), time.perf_counter() - start, digest)
+    items = labelled_candidates(model, index, CACHE / network_digest(args.weights))
+    log.info("candidates of %d micrographs in %.0f s", len(items), time.perf_counter() - start)
     if args.check:
         check = held_out_check(items)
         print(json.dumps({k: v for k, v in check.items() if k != "reliability"}, indent=1))
