@@ -16,7 +16,7 @@ Held-out sets (never used to train or calibrate the model that picks them):
 - 80 empty simulated micrographs (ice, noise, sometimes contamination or carbon; 20 per
   molecule's conditions): picked by the fold model of that molecule and by the shipped model.
 
-Metrics (deeppicker_relion.evaluate): one-to-one matching within 0.2 x diameter, best score first;
+Metrics (deeppicker_relion.metrics): one-to-one matching within 0.2 x diameter, best score first;
 precision, recall, F1 and mean centre error / box at the default threshold (0.6, on the figure of
 merit); the figure of merit's calibration (`--only calibration`); the best F1 over
 all thresholds (an oracle threshold); top-N F1 (N = number of reference particles per micrograph).

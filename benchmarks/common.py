@@ -23,17 +23,17 @@ sys.path.insert(0, str(REPO))
 
 import make_general_model as recipe  # noqa: E402
 
-from deeppicker_relion.centring import attach_centring, attached_centring, load_centring  # noqa: E402
-from deeppicker_relion.evaluate import MATCH_RADIUS, evaluate, match, topn_curve  # noqa: E402
+from deeppicker_relion.picking.centring import attach_centring, attached_centring, load_centring  # noqa: E402
+from deeppicker_relion.metrics import MATCH_RADIUS, evaluate, match, topn_curve  # noqa: E402
 from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet  # noqa: E402
 from deeppicker_relion.model import load_model as _load_model  # noqa: E402
-from deeppicker_relion.fom import IDENTITY, calibrate_candidates  # noqa: E402
-from deeppicker_relion.picking import PickParams, find_candidates, select, select_picks  # noqa: E402
-from deeppicker_relion.pipeline import ParticleSize  # noqa: E402
-from deeppicker_relion.preprocess import preprocess  # noqa: E402
-from deeppicker_relion.scoring import score_map_dense  # noqa: E402
+from deeppicker_relion.picking.fom import IDENTITY, calibrate_candidates  # noqa: E402
+from deeppicker_relion.picking.candidates import PickParams, find_candidates, select, select_picks  # noqa: E402
+from deeppicker_relion.picking.pipeline import ParticleSize  # noqa: E402
+from deeppicker_relion.picking.preprocess import preprocess  # noqa: E402
+from deeppicker_relion.picking.scoring import score_map_dense  # noqa: E402
 
 log = logging.getLogger("accuracy")
 CACHE = REPO / "benchmarks" / "cache"
@@ -105,7 +105,7 @@ def references(index: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def pick_candidates(model: DeepPickerNet, index: pd.DataFrame, params: PickParams | None = None) -> tuple[dict[str, pd.DataFrame], float]:
     """Every candidate (raw network score >= FLOOR) of each micrograph as picking finds it, with
-    ``score`` = its figure of merit (deeppicker_relion/fom.py; the network's score in ``raw_score``),
+    ``score`` = its figure of merit (deeppicker_relion/picking/fom.py; the network's score in ``raw_score``),
     and the mean seconds per micrograph. ``params.floor`` is always FLOOR: the figure of merit
     describes each micrograph by all its candidates down to it, as picking does."""
     params = PickParams(**{**(params or PickParams()).__dict__, "floor": FLOOR})
@@ -250,7 +250,7 @@ def size_checked(model: DeepPickerNet, index: pd.DataFrame) -> tuple[pd.DataFram
     """The set as ``deeppicker pick`` picks it at its defaults: the size check (``auto``) run on it as
     one job (its first, middle and last micrograph), and the set's diameters x the factor used. The
     match radius and centre-error unit stay 0.2 x / 1 x the set's own diameter (``eval_diameter_px``)."""
-    from deeppicker_relion.sizecheck import DEFAULT_MODE, check_size, factor_to_use
+    from deeppicker_relion.picking.sizecheck import DEFAULT_MODE, check_size, factor_to_use
 
     truth = index if "eval_diameter_px" in index.columns else index.assign(eval_diameter_px=index["diameter_px"])
     mics, size = size_job(truth, 1.0)
@@ -285,8 +285,8 @@ def network_snr(sim, diameter_px: float) -> float:
     resampled and band-passed as preprocessing does (so the box spans 64 px), then the variance of
     the signal inside the particles' discs over the variance of the noise. The simulator's SNR is
     the same ratio at the micrograph's own pixel size, before any filtering."""
-    from deeppicker_relion.preprocess import INPUT_SIZE, _fourier_resample, box_scale, resampled_shape
-    from deeppicker_relion.simulate import _disc_mask
+    from deeppicker_relion.picking.preprocess import INPUT_SIZE, _fourier_resample, box_scale, resampled_shape
+    from deeppicker_relion.simulation.simulate import _disc_mask
 
     shape = resampled_shape(sim.image.shape, box_scale(diameter_px))
     signal = _fourier_resample(sim.signal - sim.signal.mean(), shape, INPUT_SIZE)

@@ -4,7 +4,7 @@ and what does that cost? Measures the strategies of ``deeppicker train`` (TrainP
 Two experiments, each fine-tuning the shipped general model for the same epochs with 3 background
 patches per particle (30 % near misses), once per strategy:
 
-1. Simulated, ground truth known: random-molecule micrographs (deeppicker_relion.simulated_sets)
+1. Simulated, ground truth known: random-molecule micrographs (deeppicker_relion.simulation.sets)
    with 40 % of the labels dropped, as classification drops true particles. Reported: the fraction
    of background patches centred within 0.3 box of a DROPPED particle (negatives on unlabelled
    particles), and on held-out simulated micrographs (complete truth) recall, precision and F1 at
@@ -45,8 +45,8 @@ def peaks(model, pre, device: str = "cpu") -> pd.DataFrame:
     """Local maxima of the score map over 0.8 box scoring >= 1e-3: x, y (original px), score."""
     from scipy import ndimage
 
-    from deeppicker_relion.preprocess import INPUT_SIZE
-    from deeppicker_relion.scoring import score_map_dense
+    from deeppicker_relion.picking.preprocess import INPUT_SIZE
+    from deeppicker_relion.picking.scoring import score_map_dense
 
     smap = score_map_dense(model, pre.image, device=device)
     s = smap.scores
@@ -60,7 +60,7 @@ def peaks(model, pre, device: str = "cpu") -> pd.DataFrame:
 
 def scores(cands: list[pd.DataFrame], refs: list[np.ndarray], radii: list[float]) -> dict:
     """Recall / precision / F1 at p >= 0.5, top-N recall and AP over micrographs."""
-    from deeppicker_relion.evaluate import match
+    from deeppicker_relion.metrics import match
 
     hits, all_scores, tp5, n5, top = [], [], 0, 0, 0
     n_ref = sum(len(r) for r in refs)
@@ -90,8 +90,8 @@ def examples(items: list[dict], strategy: str, params, vet, norm: str, seed: int
     the fraction of background within 0.3 box of an unlabelled true particle."""
     from scipy.spatial import cKDTree
 
-    from deeppicker_relion.pipeline import ParticleSize, prepare
-    from deeppicker_relion.training import TrainingSet, micrograph_examples, vet_micrograph
+    from deeppicker_relion.picking.pipeline import ParticleSize, prepare
+    from deeppicker_relion.training.train import TrainingSet, micrograph_examples, vet_micrograph
 
     rng = np.random.default_rng(seed)
     params.incomplete_labels = strategy
@@ -113,7 +113,7 @@ def examples(items: list[dict], strategy: str, params, vet, norm: str, seed: int
 
 
 def evaluate(model, items: list[dict]) -> dict:
-    from deeppicker_relion.pipeline import ParticleSize, prepare
+    from deeppicker_relion.picking.pipeline import ParticleSize, prepare
 
     cands, refs, radii = [], [], []
     for it in items:
@@ -127,7 +127,7 @@ def evaluate(model, items: list[dict]) -> dict:
 def run(name: str, train_items, test_items, strategies, epochs: int, out: dict, seed: int = 0, lr: float = 0.01,
         radius: float | None = None) -> None:
     from deeppicker_relion.model import load_model
-    from deeppicker_relion.training import TrainParams, train
+    from deeppicker_relion.training.train import TrainParams, train
 
     general, _ = load_model(None)
     if seed == 0:
@@ -152,7 +152,7 @@ def run(name: str, train_items, test_items, strategies, epochs: int, out: dict, 
 
 def simulated_items(n: int, seed: int, drop: float, cache: Path, drop_seed: int = 0) -> list[dict]:
     from deeppicker_relion.io.coords import read_coordinates
-    from deeppicker_relion.simulated_sets import simulated_set
+    from deeppicker_relion.simulation.sets import simulated_set
 
     folder = simulated_set(n, seed, cache)
     index = pd.read_csv(folder / "index.csv")

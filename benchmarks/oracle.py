@@ -30,10 +30,10 @@ import pandas as pd
 import scipy.fft as sfft
 from scipy import ndimage
 
-from deeppicker_relion.preprocess import INPUT_SIZE, _fourier_resample, box_scale, resampled_shape
-from deeppicker_relion.simulate import _filtered_power
+from deeppicker_relion.picking.preprocess import INPUT_SIZE, _fourier_resample, box_scale, resampled_shape
+from deeppicker_relion.simulation.simulate import _filtered_power
 
-PEAK_WINDOW = 0.8  # diameters: one maximum per window, as deeppicker_relion.picking's default
+PEAK_WINDOW = 0.8  # diameters: one maximum per window, as deeppicker_relion.picking.candidates's default
 TEMPLATE_SIZE = 1.25  # diameters: side of the square cut around each particle (CTF fringes included)
 SMOOTH_PX = 5  # frequency pixels over which the noise periodogram is averaged
 

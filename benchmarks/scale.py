@@ -1,5 +1,5 @@
 """Scale benchmark: pick 200 micrographs with the job code the CLI and RELION run
-(:func:`deeppicker_relion.pickjob.run_pick_job`), and print throughput, peak memory along the run
+(:func:`deeppicker_relion.jobs.pick.run_pick_job`), and print throughput, peak memory along the run
 (it must stay flat in the number of micrographs) and what the read-ahead (prefetch) buys.
 
 Micrographs: 200 simulated 1024 x 1024 float32 MRCs (20S proteasome, 3 A/px, 180 A diameter, i.e.
@@ -43,7 +43,7 @@ CHECKPOINTS = (10, 50, 100, 200)
 def dataset(n: int, size: int) -> Path:
     """The cached micrographs STAR with at least ``n`` micrographs of ``size`` px (made once)."""
     from deeppicker_relion.io.star import read_star
-    from deeppicker_relion.simulate import simulate_dataset
+    from deeppicker_relion.simulation.simulate import simulate_dataset
 
     folder = CACHE / f"scale_{size}"
     star = folder / "micrographs.star"
@@ -69,9 +69,9 @@ def weights(star: Path) -> Path:
         return placeholder
     print(f"the shipped model {shipped} is missing: training a placeholder {placeholder} (once) ...", flush=True)
     from deeppicker_relion.io.micrographs import micrograph_list
-    from deeppicker_relion.pipeline import ParticleSize
-    from deeppicker_relion.trainjob import train_from_files
-    from deeppicker_relion.training import TrainParams
+    from deeppicker_relion.picking.pipeline import ParticleSize
+    from deeppicker_relion.jobs.train import train_from_files
+    from deeppicker_relion.training.train import TrainParams
 
     mics = micrograph_list([str(star)]).iloc[:8]
     coords = {name: star.parent / "coords" / f"{Path(name).stem}.star" for name in mics["name"]}
@@ -97,8 +97,8 @@ def worker(star: Path, n: int, ahead: int, weights_path: Path, threads: int, gpu
 
     from deeppicker_relion.io.micrographs import micrograph_list
     from deeppicker_relion.model import load_model
-    from deeppicker_relion.pickjob import PickJob, run_pick_job
-    from deeppicker_relion.pipeline import ParticleSize, resolve_device
+    from deeppicker_relion.jobs.pick import PickJob, run_pick_job
+    from deeppicker_relion.picking.pipeline import ParticleSize, resolve_device
 
     torch.set_num_threads(threads)
     device = resolve_device(gpu)

@@ -42,7 +42,7 @@ BOX_PX = DIAMETER_A / PIXEL_A
 def make_micrographs(size: int, count: int) -> list[Path]:
     """``count`` simulated ``size`` x ``size`` micrographs (cached)."""
     from deeppicker_relion.io.mrc import write_mrc
-    from deeppicker_relion.simulate import load_map, simulate_micrograph
+    from deeppicker_relion.simulation.simulate import load_map, simulate_micrograph
 
     CACHE.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -68,7 +68,7 @@ JOB_PARTICLES = 300
 def make_job_micrographs(count: int) -> list[Path]:
     """``count`` simulated real-size micrographs (cached; ~10 s each to make)."""
     from deeppicker_relion.io.mrc import write_mrc
-    from deeppicker_relion.simulate import load_map, simulate_micrograph
+    from deeppicker_relion.simulation.simulate import load_map, simulate_micrograph
 
     CACHE.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -90,16 +90,16 @@ STAGES = [  # (stage, module, function)
     ("start-up", None, None),
     ("model load", "deeppicker_relion.cli.pick", "load_model"),
     ("size check", "deeppicker_relion.cli.pick", "apply_size_check"),
-    ("read", "deeppicker_relion.pipeline", "read_micrograph"),
-    ("prepare, other", "deeppicker_relion.pipeline", "prepare"),
-    ("resample", "deeppicker_relion.preprocess", "_fourier_resample"),
-    ("normalise", "deeppicker_relion.preprocess", "normalise"),
-    ("score", "deeppicker_relion.pipeline", "score_map_dense"),
-    ("centre", "deeppicker_relion.picking", "recentre"),
-    ("peak finding", "deeppicker_relion.pipeline", "find_candidates"),
-    ("writing", "deeppicker_relion.pickjob", "write_outputs"),
-    ("writing", "deeppicker_relion.pickjob", "write_star"),
-    ("report", "deeppicker_relion.report", "write_pick_report"),
+    ("read", "deeppicker_relion.picking.pipeline", "read_micrograph"),
+    ("prepare, other", "deeppicker_relion.picking.pipeline", "prepare"),
+    ("resample", "deeppicker_relion.picking.preprocess", "_fourier_resample"),
+    ("normalise", "deeppicker_relion.picking.preprocess", "normalise"),
+    ("score", "deeppicker_relion.picking.pipeline", "score_map_dense"),
+    ("centre", "deeppicker_relion.picking.candidates", "recentre"),
+    ("peak finding", "deeppicker_relion.picking.pipeline", "find_candidates"),
+    ("writing", "deeppicker_relion.jobs.pick", "write_outputs"),
+    ("writing", "deeppicker_relion.jobs.pick", "write_star"),
+    ("report", "deeppicker_relion.jobs.report", "write_pick_report"),
 ]
 BACKGROUND = {"read", "prepare, other", "resample", "normalise"}  # the read-ahead thread's stages
 
@@ -231,10 +231,10 @@ def gpu_worker(size: int, count: int, gpu: str) -> dict:
     import pandas as pd
     import torch
 
-    from deeppicker_relion import scoring
+    from deeppicker_relion.picking import scoring
     from deeppicker_relion.model import load_model
-    from deeppicker_relion.pickjob import PickJob, run_pick_job
-    from deeppicker_relion.pipeline import ParticleSize, resolve_device
+    from deeppicker_relion.jobs.pick import PickJob, run_pick_job
+    from deeppicker_relion.picking.pipeline import ParticleSize, resolve_device
 
     device = resolve_device(gpu)
     model, _ = load_model(None, device)
@@ -269,7 +269,7 @@ def gpu_worker(size: int, count: int, gpu: str) -> dict:
 def gpu_benchmark(sizes: list[int], count: int, gpu: str) -> None:
     """Micrographs per second per size on the GPU, each size in a fresh process."""
     from deeppicker_relion.errors import DeepPickerError
-    from deeppicker_relion.pipeline import resolve_device
+    from deeppicker_relion.picking.pipeline import resolve_device
 
     try:
         resolve_device(gpu)
@@ -293,7 +293,7 @@ def worker(size: int, method: str, repeats: int, gpu: str | None) -> dict:
 
     from deeppicker_relion.io.coords import write_coordinates
     from deeppicker_relion.model import default_weights_path, load_model, DeepPickerNet
-    from deeppicker_relion.pipeline import ParticleSize, pick_prepared, prepare, resolve_device
+    from deeppicker_relion.picking.pipeline import ParticleSize, pick_prepared, prepare, resolve_device
 
     torch.set_num_threads(os.cpu_count() or 1)
     device = resolve_device(gpu)

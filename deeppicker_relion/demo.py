@@ -12,7 +12,7 @@ Folder layout (``deeppicker_demo/`` by default), a small RELION-style project:
 - ``evaluation/``: evaluation.csv, topn_curve.csv/.png, evaluation_picks.png;
 - ``demo.json``: how the data were made.
 
-Deterministic: the molecule (:func:`~deeppicker_relion.simulate.synthetic_molecule`, seed
+Deterministic: the molecule (:func:`~deeppicker_relion.simulation.simulate.synthetic_molecule`, seed
 ``MOLECULE_SEED``) and the micrographs are the same on every machine.
 """
 
@@ -28,18 +28,18 @@ import numpy as np
 import pandas as pd
 
 from .errors import JobError
-from .evaljob import Evaluation, run_evaluation
+from .jobs.evaluate import Evaluation, run_evaluation
 from .io.atomic import write_text_atomic
 from .io.coords import read_coordinates
 from .io.micrographs import micrograph_list
 from .io.mrc import write_mrc
 from .io.star import write_coordinate_star, write_star
 from .model import default_weights_path, load_model
-from .pickjob import JobSummary, PickJob, collect_picks, run_pick_job
-from .picking import PickParams
-from .pipeline import ParticleSize
-from .report import write_pick_report
-from .simulate import simulate_micrograph, synthetic_molecule
+from .jobs.pick import JobSummary, PickJob, collect_picks, run_pick_job
+from .picking.candidates import PickParams
+from .picking.pipeline import ParticleSize
+from .jobs.report import write_pick_report
+from .simulation.simulate import simulate_micrograph, synthetic_molecule
 
 MOLECULE_SEED = 271828  # not used for any training set of the shipped model
 DIAMETER_A = 200.0  # the molecule's largest extent (within ~10 %), and the diameter given to the picker

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import JobError
 from .io.atomic import atomic_path
-from .preprocess import DEFAULT_NORMALISATION, INPUT_SIZE, NORMALISATIONS
+from .picking.preprocess import DEFAULT_NORMALISATION, INPUT_SIZE, NORMALISATIONS
 
 FORMAT_VERSION = "1"
 # Test-time augmentation: a score map is the mean logit margin over this many symmetric copies of
@@ -301,7 +301,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     if normalisation not in NORMALISATIONS:
         raise JobError(f"metadata 'normalisation' is {normalisation!r}; expected one of {', '.join(NORMALISATIONS)}", path)
     model.normalisation = normalisation
-    from .fom import FomModel  # the figure of merit of this model's picks (fom.py)
+    from .picking.fom import FomModel  # the figure of merit of this model's picks (fom.py)
 
     try:
         model.fom = FomModel.from_metadata(info.get("fom"))

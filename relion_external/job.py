@@ -140,7 +140,7 @@ class RelionJob:
     same directory) and turns SIGTERM into an exception. On exit:
 
     - no exception -> ``RELION_JOB_EXIT_SUCCESS``;
-    - :class:`deeppicker_relion.pickjob.Aborted` (raised after :meth:`should_abort`) ->
+    - :class:`deeppicker_relion.jobs.pick.Aborted` (raised after :meth:`should_abort`) ->
       ``RELION_JOB_EXIT_ABORTED``, and ``RELION_JOB_ABORT_NOW`` is removed;
     - :class:`~deeppicker_relion.errors.DeepPickerError` (a problem the user can fix) -> one line
       naming the file and the problem on stderr, ``RELION_JOB_EXIT_FAILURE``;
@@ -164,7 +164,7 @@ class RelionJob:
     def check_abort(self) -> None:
         """Raise ``Aborted`` if the user asked to abort."""
         if self.should_abort():
-            from deeppicker_relion.pickjob import Aborted
+            from deeppicker_relion.jobs.pick import Aborted
 
             raise Aborted("abort requested")
 
@@ -183,7 +183,7 @@ class RelionJob:
             signal.signal(signal.SIGTERM, self._old_sigterm)
         # Aborted lives in pickjob, which imports torch: never import it here (a failure must not
         # wait for, or be broken by, that import); if pickjob is not loaded, nothing raised Aborted.
-        pickjob = sys.modules.get("deeppicker_relion.pickjob")
+        pickjob = sys.modules.get("deeppicker_relion.jobs.pick")
         aborted = exc_type is not None and pickjob is not None and issubclass(exc_type, pickjob.Aborted)
         if exc_type is None or (exc_type is SystemExit and exc.code in (0, None)):
             self._finish(SUCCESS, 0)

@@ -36,7 +36,7 @@ from deeppicker_relion.errors import JobError
 
 from .job import Progress, RelionJob, make_parser, optional, run_external
 
-DEFAULT_SIZE_CHECK = "auto"  # = deeppicker_relion.sizecheck.DEFAULT_MODE (tested); that module imports torch
+DEFAULT_SIZE_CHECK = "auto"  # = deeppicker_relion.picking.sizecheck.DEFAULT_MODE (tested); that module imports torch
 
 PROGRAM = "deeppicker_relion_pick"
 SETTINGS = "deeppicker_settings"
@@ -105,7 +105,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if not (0.0 <= args.threshold <= 1.0):
         raise JobError(f"threshold must lie between 0 and 1 (got {args.threshold})")
     from deeppicker_relion.model import AUGMENTATIONS
-    from deeppicker_relion.picking import check_dark_sigma
+    from deeppicker_relion.picking.candidates import check_dark_sigma
 
     if args.augment is not None and args.augment not in AUGMENTATIONS:
         raise JobError(f"augment must be one of {', '.join(map(str, AUGMENTATIONS))} (got {args.augment})")
@@ -114,7 +114,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if answer not in ("yes", "no", "true", "false", "1", "0"):
         raise JobError(f"recentre must be yes or no (got {args.recentre!r})")
     args.recentre = answer in ("yes", "true", "1")
-    from deeppicker_relion.sizecheck import MODES
+    from deeppicker_relion.picking.sizecheck import MODES
 
     if args.size_check not in MODES:
         raise JobError(f"size_check must be one of {', '.join(MODES)} (got {args.size_check!r})")
@@ -151,13 +151,13 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     import torch
 
     from deeppicker_relion.model import default_weights_path, load_model
-    from deeppicker_relion.parallel import default_threads, parse_devices, pick_in_processes
-    from deeppicker_relion.pickjob import (PARTICLE_MICROGRAPHS, PickJob, flags_message, parse_shard, rethreshold,
+    from deeppicker_relion.jobs.parallel import default_threads, parse_devices, pick_in_processes
+    from deeppicker_relion.jobs.pick import (PARTICLE_MICROGRAPHS, PickJob, flags_message, parse_shard, rethreshold,
                                            run_pick_job, shard_rows, write_cryosparc, write_particle_micrographs)
-    from deeppicker_relion.report import write_pick_report
-    from deeppicker_relion.picking import PickParams
-    from deeppicker_relion.pipeline import ParticleSize, resolve_device
-    from deeppicker_relion.sizecheck import apply_size_check
+    from deeppicker_relion.jobs.report import write_pick_report
+    from deeppicker_relion.picking.candidates import PickParams
+    from deeppicker_relion.picking.pipeline import ParticleSize, resolve_device
+    from deeppicker_relion.picking.sizecheck import apply_size_check
 
     torch.set_num_threads(args.j)
     pick = PickJob(

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     version, why = relion_nodes.resolve_relion_version(args.relion_version)
     specs = _data_specs(args) if several else []
     if specs:
-        from deeppicker_relion.datasets import read_datasets
+        from deeppicker_relion.training.datasets import read_datasets
 
         sets = read_datasets(specs, progress=False)
         log.info("%d data sets, %d micrographs, %d labelled particles; RELION %s layout (%s)", len(sets),
@@ -123,9 +123,9 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     import torch
 
     from deeppicker_relion.model import load_model
-    from deeppicker_relion.pipeline import ParticleSize, resolve_device
-    from deeppicker_relion.trainjob import train_from_datasets, train_from_files
-    from deeppicker_relion.training import TrainParams
+    from deeppicker_relion.picking.pipeline import ParticleSize, resolve_device
+    from deeppicker_relion.jobs.train import train_from_datasets, train_from_files
+    from deeppicker_relion.training.train import TrainParams
 
     torch.set_num_threads(max(1, args.j or 1))
     device = resolve_device(args.gpu)
@@ -166,7 +166,7 @@ def _data_specs(args: argparse.Namespace) -> list:
     """The data sets of a several-molecule job: Input particles (+ particle_diameter), Input
     micrographs + coordinates (+ particle_diameter, your complete picks), each data parameter, the
     datasets list and simulated."""
-    from deeppicker_relion.datasets import DataSpec, parse_spec, read_list
+    from deeppicker_relion.training.datasets import DataSpec, parse_spec, read_list
 
     specs = []
     if args.in_parts:

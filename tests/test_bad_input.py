@@ -36,8 +36,8 @@ from deeppicker_relion.cli.main import main as cli
 from deeppicker_relion.io import atomic as _atomic
 from deeppicker_relion.io.star import read_star
 from deeppicker_relion.model import DeepPickerNet, build_model, save_model
-from deeppicker_relion.pickjob import read_summary
-from deeppicker_relion.simulate import simulate_dataset
+from deeppicker_relion.jobs.pick import read_summary
+from deeppicker_relion.simulation.simulate import simulate_dataset
 
 PIXEL_A = 5.0
 DIAMETER = "180"

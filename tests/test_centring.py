@@ -1,4 +1,4 @@
-"""The centring network (deeppicker_relion/centring.py): geometry of its windows and offsets, the
+"""The centring network (deeppicker_relion/picking/centring.py): geometry of its windows and offsets, the
 shipped weights, and that it moves picks towards particle centres it has never seen (a random
 synthetic molecule). Fast (seconds), no ../shared needed."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeppicker_relion.centring import (
+from deeppicker_relion.picking.centring import (
     ARCHITECTURE,
     CentringNet,
     attach_centring,
@@ -22,10 +22,10 @@ from deeppicker_relion.centring import (
 )
 from deeppicker_relion.errors import JobError
 from deeppicker_relion.model import DeepPickerNet, default_weights_path, load_model, save_model
-from deeppicker_relion.picking import PickParams, find_candidates
-from deeppicker_relion.preprocess import Preprocessed, preprocess
-from deeppicker_relion.scoring import ScoreMap, score_map_dense
-from deeppicker_relion.simulate import estimate_diameter_A, simulate_micrograph, synthetic_molecule
+from deeppicker_relion.picking.candidates import PickParams, find_candidates
+from deeppicker_relion.picking.preprocess import Preprocessed, preprocess
+from deeppicker_relion.picking.scoring import ScoreMap, score_map_dense
+from deeppicker_relion.simulation.simulate import estimate_diameter_A, simulate_micrograph, synthetic_molecule
 
 PIXEL = 4.0
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from deeppicker_relion.errors import JobError
-from deeppicker_relion.evaluate import evaluate, match, topn_curve
+from deeppicker_relion.metrics import evaluate, match, topn_curve
 from deeppicker_relion.model import DeepPickerNet, build_model, load_model, save_model
-from deeppicker_relion.picking import (
+from deeppicker_relion.picking.candidates import (
     PickParams,
     clean_ice,
     dark_regions,
@@ -21,8 +21,8 @@ from deeppicker_relion.picking import (
     select_picks,
     smooth_logits,
 )
-from deeppicker_relion.preprocess import DEFAULT_NORMALISATION, INPUT_SIZE, NORMALISATIONS, Preprocessed, normalise, preprocess
-from deeppicker_relion.scoring import ScoreMap, score_map_dense, score_map_patches
+from deeppicker_relion.picking.preprocess import DEFAULT_NORMALISATION, INPUT_SIZE, NORMALISATIONS, Preprocessed, normalise, preprocess
+from deeppicker_relion.picking.scoring import ScoreMap, score_map_dense, score_map_patches
 
 
 # --- preprocessing and coordinates through binning -------------------------------------------
@@ -83,7 +83,7 @@ def test_local_normalisation_scales_each_region_by_its_own_noise() -> None:
     # the block-grid computation against a direct full-resolution one (scipy Gaussian filters)
     detail = image - ndimage.gaussian_filter(image, 64, mode="reflect")
     direct = np.sqrt(ndimage.gaussian_filter(detail * detail, 128, mode="reflect"))
-    from deeppicker_relion.preprocess import _upsample, local_spread
+    from deeppicker_relion.picking.preprocess import _upsample, local_spread
     np.testing.assert_allclose(_upsample(local_spread(image), image.shape), direct, rtol=0.02)
     # uniform noise: both agree; a flat border: floored at half the global spread, not divided by ~0
     np.testing.assert_allclose(normalise(noise, "local"), normalise(noise, "global"), rtol=0.06, atol=0.06)
@@ -98,7 +98,7 @@ def test_local_normalisation_scales_each_region_by_its_own_noise() -> None:
 def test_weights_record_their_normalisation(tmp_path: Path, random_model: DeepPickerNet) -> None:
     """Weights say how micrographs are normalised for them (new ones: the default; weights without
     the key: the global spread); fine-tuning keeps the initial model's; a bad value is refused."""
-    from deeppicker_relion.training import TrainingSet, TrainParams, train
+    from deeppicker_relion.training.train import TrainingSet, TrainParams, train
 
     assert build_model().normalisation == DEFAULT_NORMALISATION
     save_model(random_model, tmp_path / "new.safetensors")
@@ -139,7 +139,7 @@ def _rewrite_info(path: Path, **changes) -> None:
 def test_picking_normalises_as_the_model_was_trained(tmp_path: Path, random_model: DeepPickerNet) -> None:
     """The pick and train paths preprocess with the model's normalisation, not the default."""
     from deeppicker_relion.io.mrc import write_mrc
-    from deeppicker_relion.pipeline import ParticleSize, prefetch
+    from deeppicker_relion.picking.pipeline import ParticleSize, prefetch
 
     rng = np.random.default_rng(5)
     image = rng.normal(size=(600, 640)).astype(np.float32)
@@ -356,7 +356,7 @@ def test_other_augment_counts_use_their_own_recorded_calibration(tmp_path: Path,
 def test_fine_tuning_drops_the_initial_models_calibration_table(random_model: DeepPickerNet) -> None:
     """New weights trained from a calibrated model no longer carry its per-count calibrations (which
     would otherwise shift the fine-tuned model's scores under --augment)."""
-    from deeppicker_relion.training import TrainingSet, TrainParams, train
+    from deeppicker_relion.training.train import TrainingSet, TrainParams, train
 
     rng = np.random.default_rng(0)
     data = TrainingSet(rng.normal(size=(36, 1, INPUT_SIZE, INPUT_SIZE)).astype(np.float32), np.arange(36) % 2)

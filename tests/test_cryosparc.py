@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeppicker_relion.cryosparc_import import (
+from deeppicker_relion.jobs.cryosparc_import import (
     REQUIRED_FIELDS,
     fill_output,
     import_to_cryosparc,
@@ -519,7 +519,7 @@ def test_real_client_api_names_exist():
 def test_connect_maps_arguments_to_cryosparc_tools(monkeypatch):
     import cryosparc.tools
 
-    from deeppicker_relion.cryosparc_import import connect
+    from deeppicker_relion.jobs.cryosparc_import import connect
 
     calls = []
 

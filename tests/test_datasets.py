@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import starfile
 
-from deeppicker_relion.datasets import DataSpec, parse_spec, read_dataset, read_list
+from deeppicker_relion.training.datasets import DataSpec, parse_spec, read_dataset, read_list
 from deeppicker_relion.errors import JobError
 from deeppicker_relion.io.particles import read_particles_star, refined_centres
 
@@ -210,8 +210,8 @@ def test_incomplete_label_strategies():
     ignores them; near misses stay in every strategy."""
     from scipy.spatial import cKDTree
 
-    from deeppicker_relion.preprocess import preprocess
-    from deeppicker_relion.training import TrainParams, Vetting, micrograph_examples
+    from deeppicker_relion.picking.preprocess import preprocess
+    from deeppicker_relion.training.train import TrainParams, Vetting, micrograph_examples
 
     image, centres = blob_micrograph(3, shape=(600, 640), n=40, box=40, snr=2.0)
     pre = preprocess(image, 40.0)

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import starfile
 
-from deeppicker_relion.datasets import parse_spec, read_dataset
-from deeppicker_relion.empiar import MANIFEST, Cache, entry_id, list_files
+from deeppicker_relion.training.datasets import parse_spec, read_dataset
+from deeppicker_relion.training.empiar import MANIFEST, Cache, entry_id, list_files
 from deeppicker_relion.errors import JobError
 
 from conftest import SHARED, blob_micrograph, write_mrc
@@ -155,7 +155,7 @@ def test_entry_without_coordinates(server, tmp_path):
 
 
 def test_base_url_setting(monkeypatch):
-    from deeppicker_relion.empiar import DEFAULT_URL, base_url
+    from deeppicker_relion.training.empiar import DEFAULT_URL, base_url
 
     assert base_url() == DEFAULT_URL
     monkeypatch.setenv("DEEPPICKER_EMPIAR_URL", "http://mirror.example/empiar/")

@@ -13,7 +13,7 @@ import starfile
 from deeppicker_relion.cli.main import main as cli
 from deeppicker_relion.io.mrc import write_mrc
 from deeppicker_relion.io.star import write_coordinate_star
-from deeppicker_relion.simulate import load_map, simulate_micrograph
+from deeppicker_relion.simulation.simulate import load_map, simulate_micrograph
 
 PIXEL = 5.0
 SHAPE = (384, 416)  # non-square on purpose

@@ -16,7 +16,7 @@ import pytest
 import starfile
 
 from deeppicker_relion.cli.main import main as cli
-from deeppicker_relion.evaluate import match
+from deeppicker_relion.metrics import match
 from deeppicker_relion.io.coords import read_coordinates
 from deeppicker_relion.model import default_weights_path, load_model
 
@@ -62,7 +62,7 @@ def solved_project(root: Path, micrographs: list[tuple[np.ndarray, pd.DataFrame]
 
 def simulated_molecule(seed: int, n: int, shape=(384, 384), pixel_A: float = 4.0) -> tuple[list, float]:
     """``n`` micrographs of one random molecule: ([(image, centres)], diameter in Angstrom)."""
-    from deeppicker_relion.simulate import estimate_diameter_A, simulate_micrograph_parts, synthetic_molecule
+    from deeppicker_relion.simulation.simulate import estimate_diameter_A, simulate_micrograph_parts, synthetic_molecule
 
     rng = np.random.default_rng(seed)
     volume = synthetic_molecule(170.0, 4.0, seed=rng)

@@ -1,4 +1,4 @@
-"""The figure of merit (deeppicker_relion/fom.py) and the promises made with it: one calibrated number
+"""The figure of merit (deeppicker_relion/picking/fom.py) and the promises made with it: one calibrated number
 per pick, the threshold applies to it and to nothing else, the report's table is what re-thresholding
 writes, a higher threshold gives a subset, and the micrographs that hold particles get their own node."""
 
@@ -17,7 +17,7 @@ import pytest
 import starfile
 
 from deeppicker_relion.errors import JobError
-from deeppicker_relion.fom import (
+from deeppicker_relion.picking.fom import (
     FEATURE_FLOOR, FEATURES, FLAG_EMPTY, FLAG_OK, FLAG_REMOVED, IDENTITY, FitTable, FomModel, calibrate_candidates,
     expected_calibration_error, fit_fom, logit, micrograph_flag,
 )
@@ -174,7 +174,7 @@ def test_report_table_equals_what_rethresholding_writes_and_thresholds_nest(pick
 
 
 def test_summary_reports_expected_particles_precision_and_flags(picked: Path) -> None:
-    from deeppicker_relion.pickjob import read_summary
+    from deeppicker_relion.jobs.pick import read_summary
 
     summary = read_summary(picked / "picks" / "picking_summary.star")
     for _, row in summary.iterrows():

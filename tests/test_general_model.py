@@ -9,17 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
-from deeppicker_relion.evaluate import evaluate, topn_curve
+from deeppicker_relion.metrics import evaluate, topn_curve
 from deeppicker_relion.model import (
     DeepPickerNet,
     default_weights_path,
     fold_logit_calibration,
     load_model,
 )
-from deeppicker_relion.picking import PickParams, find_candidates, select
-from deeppicker_relion.preprocess import preprocess
-from deeppicker_relion.scoring import score_map_dense, score_map_patches
-from deeppicker_relion.simulate import (
+from deeppicker_relion.picking.candidates import PickParams, find_candidates, select
+from deeppicker_relion.picking.preprocess import preprocess
+from deeppicker_relion.picking.scoring import score_map_dense, score_map_patches
+from deeppicker_relion.simulation.simulate import (
     estimate_diameter_A,
     simulate_micrograph,
     simulate_micrograph_parts,

@@ -10,7 +10,7 @@ import torch
 
 from deeppicker_relion.errors import JobError, MicrographError
 from deeppicker_relion.model import DeepPickerWide
-from deeppicker_relion.scoring import (
+from deeppicker_relion.picking.scoring import (
     BYTES_PER_PIXEL, batch_size_for, gpu_batch_size, half_precision, read_ahead, score_ahead, score_map_dense,
     score_maps_batched,
 )
@@ -110,8 +110,8 @@ def test_cuda_batched_scores_match_the_cpu():  # pragma: no cover - CUDA only
 
 @pytest.mark.skipif(CUDA, reason="checks the error without a CUDA device")
 def test_gpu_without_cuda_fails_with_one_line(tmp_path, capsys):
-    from deeppicker_relion.parallel import parse_devices
-    from deeppicker_relion.pipeline import resolve_device
+    from deeppicker_relion.jobs.parallel import parse_devices
+    from deeppicker_relion.picking.pipeline import resolve_device
 
     for call in (lambda: parse_devices("0"), lambda: resolve_device("0")):
         with pytest.raises(JobError, match="CUDA is not available"):
@@ -134,12 +134,12 @@ def test_pick_job_with_several_micrographs_per_batch_writes_the_same_picks(monke
 
     import pandas as pd
 
-    from deeppicker_relion import pickjob
+    from deeppicker_relion.jobs import pick as pickjob
     from deeppicker_relion.io.mrc import write_mrc
     from deeppicker_relion.io.star import read_coordinate_star
     from deeppicker_relion.model import load_model
-    from deeppicker_relion.pipeline import ParticleSize
-    from deeppicker_relion.simulate import load_map, simulate_micrograph
+    from deeppicker_relion.picking.pipeline import ParticleSize
+    from deeppicker_relion.simulation.simulate import load_map, simulate_micrograph
 
     paths = []
     for k in range(3):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from deeppicker_relion import simulate as sim
-from deeppicker_relion.evaluate import match
+from deeppicker_relion.simulation import simulate as sim
+from deeppicker_relion.metrics import match
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import oracle  # noqa: E402

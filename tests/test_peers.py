@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, blob_micrograph, write_mrc
-from deeppicker_relion.evaluate import match
+from deeppicker_relion.metrics import match
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import peers  # noqa: E402

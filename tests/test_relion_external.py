@@ -1,7 +1,7 @@
 """The RELION External jobs (relion_external/) against the real RELION 3.1.3 binaries, plus the node
 files of RELION 4 and 5 (not installable here) checked field by field against their formats.
 
-Micrographs: 512 px (pipeline) and 256 px (abort) simulated with deeppicker_relion.simulate (20S
+Micrographs: 512 px (pipeline) and 256 px (abort) simulated with deeppicker_relion.simulation.simulate (20S
 proteasome, 5 A/px: a 180 A particle is a 36 px box). Jobs run as RELION runs them
 (``relion_pipeliner``: status 2 success, 3 failure, 4 aborted) or in-process through ``main(argv)``
 in the project directory (same code, without the ~5 s start-up of a new Python with torch).
@@ -27,9 +27,9 @@ import starfile
 from deeppicker_relion.io import relion_nodes
 from deeppicker_relion.io.star import read_coordinate_star
 from deeppicker_relion.model import default_weights_path
-from deeppicker_relion.pickjob import read_summary
-from deeppicker_relion.picking import select
-from deeppicker_relion.simulate import simulate_dataset
+from deeppicker_relion.jobs.pick import read_summary
+from deeppicker_relion.picking.candidates import select
+from deeppicker_relion.simulation.simulate import simulate_dataset
 from relion_external import job as relion_job
 from relion_external import pick as pick_job
 from relion_external import train as train_job
@@ -348,7 +348,7 @@ def test_continue_skips_done_and_rethresholds_without_rescoring(project: Path, s
     assert len(err.strip().splitlines()) == 1 and "recentre setting" in err and "new job" in err
     # ... nor a size check that would pick the rest at another size than the micrographs picked
     # (here forced: the counts come from a stand-in that finds most candidates at 1.4 x the box)
-    from deeppicker_relion import sizecheck
+    from deeppicker_relion.picking import sizecheck
 
     record = json.loads((job_dir / "size_check.json").read_text())
     assert record["mode"] == "auto" and record["factor_used"] == 1.0
@@ -670,7 +670,7 @@ def test_size_check_adopt_picks_at_the_size_found_and_continue_keeps_it(project:
     """RELION mode with size_check adopt: the size found (here forced: the counts come from a stand-in
     that finds most candidates at 1.4 x the given box) is what every micrograph is picked at, in the
     summary and the report notes; a continue reuses the record without scoring the samples again."""
-    from deeppicker_relion import sizecheck
+    from deeppicker_relion.picking import sizecheck
 
     given_px = DIAMETER_A / PIXEL_A
     monkeypatch.setattr(sizecheck, "count_confident",

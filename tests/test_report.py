@@ -10,14 +10,14 @@ import pytest
 from conftest import blob_micrograph, write_mrc
 from pdfcheck import pdf_pages
 
-from deeppicker_relion.evaljob import pick_job_folder, run_evaluation, summary_micrographs
-from deeppicker_relion.figures import picks_at_thresholds
+from deeppicker_relion.jobs.evaluate import pick_job_folder, run_evaluation, summary_micrographs
+from deeppicker_relion.jobs.figures import picks_at_thresholds
 from deeppicker_relion.io.micrographs import micrograph_list
 from deeppicker_relion.io.star import read_coordinate_star, write_coordinate_star, write_star
-from deeppicker_relion.pickjob import JobSummary, PickJob, _row, write_outputs
-from deeppicker_relion.picking import PickParams, select
-from deeppicker_relion.pipeline import MicrographResult, ParticleSize
-from deeppicker_relion.report import EVALUATION_FILES, candidate_scores, write_pick_report
+from deeppicker_relion.jobs.pick import JobSummary, PickJob, _row, write_outputs
+from deeppicker_relion.picking.candidates import PickParams, select
+from deeppicker_relion.picking.pipeline import MicrographResult, ParticleSize
+from deeppicker_relion.jobs.report import EVALUATION_FILES, candidate_scores, write_pick_report
 
 BOX = 32.0
 
@@ -106,7 +106,7 @@ def test_picks_at_thresholds_counts_per_micrograph_and_caps_at_max_picks() -> No
 def test_score_histogram_of_a_job_without_candidates_draws_without_warnings(tmp_path: Path) -> None:
     import warnings
 
-    from deeppicker_relion.figures import plot_scores
+    from deeppicker_relion.jobs.figures import plot_scores
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. matplotlib: "Data has no positive values, ... log-scaled"

@@ -22,13 +22,13 @@ import pytest
 import starfile
 import torch
 
-from deeppicker_relion import scoring
+from deeppicker_relion.picking import scoring
 from deeppicker_relion.cli.main import main as cli
 from deeppicker_relion.io import atomic, relion_nodes
 from deeppicker_relion.io.cryosparc import read_particles_cs
 from deeppicker_relion.model import build_model, save_model
-from deeppicker_relion.pickjob import read_summary
-from deeppicker_relion.simulate import simulate_dataset
+from deeppicker_relion.jobs.pick import read_summary
+from deeppicker_relion.simulation.simulate import simulate_dataset
 
 PIXEL_A = 5.0
 
@@ -234,7 +234,7 @@ def test_dense_scoring_halves_strips_on_out_of_memory(monkeypatch, caplog) -> No
 
     monkeypatch.setattr(model, "dense_logits", tight)
     monkeypatch.setattr(scoring, "_STRIP_LIMIT", {})
-    with caplog.at_level(logging.WARNING, logger="deeppicker_relion.scoring"):
+    with caplog.at_level(logging.WARNING, logger="deeppicker_relion.picking.scoring"):
         got = scoring.score_map_dense(model, image, max_pixels=1 << 22).logits
     np.testing.assert_allclose(got, expected, atol=1e-4)  # strips see the same windows
     assert calls["oom"] >= 1 and calls["ok"] >= 2

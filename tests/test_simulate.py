@@ -10,7 +10,7 @@ import starfile
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from deeppicker_relion import simulate as sim
+from deeppicker_relion.simulation import simulate as sim
 
 PIXEL = 5.0
 

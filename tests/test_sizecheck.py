@@ -1,4 +1,4 @@
-"""The size check (deeppicker_relion/sizecheck.py): the search rule on given counts, the shipped
+"""The size check (deeppicker_relion/picking/sizecheck.py): the search rule on given counts, the shipped
 model on generated micrographs, and its place in pick jobs (record, rethreshold, RELION continue)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 import starfile
 
 from conftest import blob_micrograph, write_mrc
-from deeppicker_relion import sizecheck
+from deeppicker_relion.picking import sizecheck
 from deeppicker_relion.model import default_weights_path, load_model
-from deeppicker_relion.pipeline import ParticleSize
-from deeppicker_relion.sizecheck import STEP, apply_size_check, check_size, recorded_factor, scaled_size
+from deeppicker_relion.picking.pipeline import ParticleSize
+from deeppicker_relion.picking.sizecheck import STEP, apply_size_check, check_size, recorded_factor, scaled_size
 
 
 def _mics(tmp_path: Path, images: list[np.ndarray], stem: str = "m") -> pd.DataFrame:

@@ -30,8 +30,8 @@ import torch
 from deeppicker_relion.cli.main import main as cli
 from deeppicker_relion.io import relion_nodes
 from deeppicker_relion.model import build_model, save_model
-from deeppicker_relion.pickjob import read_summary
-from deeppicker_relion.simulate import simulate_dataset
+from deeppicker_relion.jobs.pick import read_summary
+from deeppicker_relion.simulation.simulate import simulate_dataset
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.slurm

@@ -1,4 +1,4 @@
-"""Recipe step: fit the figure of merit (deeppicker_relion/fom.py) of a weights file on the recipe's
+"""Recipe step: fit the figure of merit (deeppicker_relion/picking/fom.py) of a weights file on the recipe's
 own selection micrographs, and store it in the weights' metadata (``"fom"``).
 
     python training/fit_fom.py                                   # the shipped general.safetensors
@@ -39,16 +39,16 @@ if str(REPO / "training") not in sys.path:
 
 import make_general_model as recipe  # noqa: E402
 
-from deeppicker_relion.centring import attached_centring  # noqa: E402
-from deeppicker_relion.evaluate import MATCH_RADIUS, match  # noqa: E402
-from deeppicker_relion.fom import FitTable, expected_calibration_error, fit_fom, reliability  # noqa: E402
+from deeppicker_relion.picking.centring import attached_centring  # noqa: E402
+from deeppicker_relion.metrics import MATCH_RADIUS, match  # noqa: E402
+from deeppicker_relion.picking.fom import FitTable, expected_calibration_error, fit_fom, reliability  # noqa: E402
 from deeppicker_relion.io.atomic import atomic_path  # noqa: E402
 from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import default_weights_path, load_model, read_safetensors  # noqa: E402
-from deeppicker_relion.picking import PickParams, find_candidates  # noqa: E402
-from deeppicker_relion.preprocess import preprocess  # noqa: E402
-from deeppicker_relion.scoring import score_map_dense  # noqa: E402
+from deeppicker_relion.picking.candidates import PickParams, find_candidates  # noqa: E402
+from deeppicker_relion.picking.preprocess import preprocess  # noqa: E402
+from deeppicker_relion.picking.scoring import score_map_dense  # noqa: E402
 
 log = logging.getLogger("fit_fom")
 CACHE = recipe.CACHE / "fom"
@@ -97,7 +97,7 @@ def labelled_candidates(model, index: pd.DataFrame, cache: Path | None = None) -
 
 def held_out_check(items: list[tuple[pd.DataFrame, np.ndarray]], max_iter: int = 100) -> dict:
     """Fit on the even-numbered micrographs, measure on the odd-numbered ones."""
-    from deeppicker_relion.fom import calibrate_candidates
+    from deeppicker_relion.picking.fom import calibrate_candidates
 
     fit = fit_fom(FitTable.from_micrographs(items[0::2]), max_iter=max_iter)
     foms, hits = [], []

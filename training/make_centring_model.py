@@ -1,4 +1,4 @@
-"""Recipe of the shipped centring network (deeppicker_relion/centring.py), in one command.
+"""Recipe of the shipped centring network (deeppicker_relion/picking/centring.py), in one command.
 
     python training/make_centring_model.py       # -> deeppicker_relion/pretrained/centring.safetensors
 
@@ -16,7 +16,7 @@ centre (index 32).
 Training: the network starts from the classifier's weights (``--init``, default the shipped
 general model; its last layer replaced by a zeroed 2-output one), Adam, cosine learning rate,
 Huber loss (transition at 2 px), a random quarter turn and mirror per batch (targets turned with
-the window: :func:`~deeppicker_relion.centring.transform_offsets`); the epoch with the lowest
+the window: :func:`~deeppicker_relion.picking.centring.transform_offsets`); the epoch with the lowest
 validation centre error (half-turn averaged, as at picking) is kept.
 """
 
@@ -41,11 +41,11 @@ for p in (REPO, REPO / "training"):
         sys.path.insert(0, str(p))
 
 import make_general_model as recipe  # noqa: E402
-from deeppicker_relion.centring import CentringNet, cut_windows, default_centring_path, predict_offsets, save_centring  # noqa: E402
-from deeppicker_relion.centring import transform_offsets  # noqa: E402
+from deeppicker_relion.picking.centring import CentringNet, cut_windows, default_centring_path, predict_offsets, save_centring  # noqa: E402
+from deeppicker_relion.picking.centring import transform_offsets  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import load_model  # noqa: E402
-from deeppicker_relion.preprocess import INPUT_SIZE, preprocess  # noqa: E402
+from deeppicker_relion.picking.preprocess import INPUT_SIZE, preprocess  # noqa: E402
 
 log = logging.getLogger("make_centring_model")
 HALF = INPUT_SIZE // 2

@@ -14,7 +14,7 @@ Data (generated once, seeded, cached under training/cache/, git-ignored):
   log-uniform 0.1-0.6, 30 % 0.02-0.1), CTF-shaped ice noise, low-frequency fog and ice gradients,
   crowding from sparse to touching, empty micrographs, contamination, carbon edges, detector-like
   integer and affine-scaled outputs;
-- simulated micrographs of random protein-like molecules (deeppicker_relion.simulate.
+- simulated micrographs of random protein-like molecules (deeppicker_relion.simulation.simulate.
   synthetic_molecule: unions of domains in random envelopes, elongated, flat, 30 % hollow
   rings/barrels, random point groups, 70-450 A), a new molecule on every micrograph;
 - simulated micrographs of random hollow particles (:func:`random_cage`: cages of 12, 24 or 60
@@ -44,7 +44,7 @@ Training (network ``Recipe.architecture``, SGD + momentum, rotations/flips):
    empty validation micrographs get at most ``Recipe.max_empty_picks`` picks each; folded into the
    last layer so every picking path (CLI, RELION job, fine-tuning) uses the calibrated scores.
 
-Then ``python training/fit_fom.py`` fits the figure of merit of the picks (deeppicker_relion/fom.py:
+Then ``python training/fit_fom.py`` fits the figure of merit of the picks (deeppicker_relion/picking/fom.py:
 the calibrated probability that a pick is a particle, given its score and its whole micrograph) on
 the selection micrographs and stores it in the weights' metadata.
 
@@ -87,15 +87,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deeppicker_relion.evaluate import MATCH_RADIUS, match  # noqa: E402
+from deeppicker_relion.metrics import MATCH_RADIUS, match  # noqa: E402
 from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
 from deeppicker_relion.io.mrc import read_micrograph, write_mrc  # noqa: E402
 from deeppicker_relion.io.star import write_coordinate_star  # noqa: E402
 from deeppicker_relion.model import DeepPickerNet, fold_logit_calibration, load_model, save_model  # noqa: E402
-from deeppicker_relion.picking import PickParams, find_candidates  # noqa: E402
-from deeppicker_relion.preprocess import INPUT_SIZE, preprocess  # noqa: E402
-from deeppicker_relion.scoring import score_map_dense  # noqa: E402
-from deeppicker_relion.simulate import (  # noqa: E402
+from deeppicker_relion.picking.candidates import PickParams, find_candidates  # noqa: E402
+from deeppicker_relion.picking.preprocess import INPUT_SIZE, preprocess  # noqa: E402
+from deeppicker_relion.picking.scoring import score_map_dense  # noqa: E402
+from deeppicker_relion.simulation.simulate import (  # noqa: E402
     SimulatedMicrograph,
     _ellipsoid_union,
     available_maps,
@@ -104,7 +104,7 @@ from deeppicker_relion.simulate import (  # noqa: E402
     simulate_micrograph_parts,
     synthetic_molecule,
 )
-from deeppicker_relion.training import TrainingSet, TrainParams, cut_patches, train  # noqa: E402
+from deeppicker_relion.training.train import TrainingSet, TrainParams, cut_patches, train  # noqa: E402
 
 log = logging.getLogger("make_general_model")
 

@@ -3,7 +3,7 @@ a pick with figure of merit p is a particle (reliability diagram, expected calib
 threshold that gives the highest recall at precision >= 0.8 while empty micrographs keep fewer than
 0.5 picks each (the default's operating point), and the micrograph flags.
 
-The figure of merit (deeppicker_relion/fom.py) is fitted on the recipe's selection micrographs
+The figure of merit (deeppicker_relion/picking/fom.py) is fitted on the recipe's selection micrographs
 (training/fit_fom.py); every set here is held out from it and from the network.
 """
 
@@ -20,8 +20,8 @@ from common import (
     APOFERRITIN_DIAMETER_PX, CACHE, apoferritin, boxes, fold_model, match, pick_candidates, recipe, references, ribosome,
     sim_test, size_checked,
 )
-from deeppicker_relion.evaluate import MATCH_RADIUS
-from deeppicker_relion.fom import FLAG_OK, expected_calibration_error, micrograph_flag, reliability
+from deeppicker_relion.metrics import MATCH_RADIUS
+from deeppicker_relion.picking.fom import FLAG_OK, expected_calibration_error, micrograph_flag, reliability
 
 OPERATING_PRECISION = 0.8  # 2D classification wants recall first (DeepPicker 2016), at this precision
 MAX_EMPTY_PICKS = 0.5  # picks per empty micrograph

@@ -17,13 +17,13 @@ from common import (
     APOFERRITIN_OUTER_DIAMETER_PX, FLOOR, apoferritin, boxes, default_picks, load_model, metrics, pick_candidates,
     recipe, references, ribosome, selection_and_heldout_sets, sim_test,
 )
-from deeppicker_relion.centring import attached_centring
-from deeppicker_relion.evaluate import MATCH_RADIUS, match
+from deeppicker_relion.picking.centring import attached_centring
+from deeppicker_relion.metrics import MATCH_RADIUS, match
 from deeppicker_relion.io.mrc import read_micrograph
 from deeppicker_relion.model import DeepPickerNet
-from deeppicker_relion.picking import PickParams, find_candidates
-from deeppicker_relion.preprocess import preprocess
-from deeppicker_relion.scoring import score_map_dense
+from deeppicker_relion.picking.candidates import PickParams, find_candidates
+from deeppicker_relion.picking.preprocess import preprocess
+from deeppicker_relion.picking.scoring import score_map_dense
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from common import fold_model, metrics, pick_candidates, recipe, ribosome, sim_t
 from deeppicker_relion.io.coords import read_coordinates
 from deeppicker_relion.io.mrc import read_micrograph
 from deeppicker_relion.model import DeepPickerNet
-from deeppicker_relion.picking import PickParams
-from deeppicker_relion.preprocess import DEFAULT_NORMALISATION, preprocess
+from deeppicker_relion.picking.candidates import PickParams
+from deeppicker_relion.picking.preprocess import DEFAULT_NORMALISATION, preprocess
 
 
 def _finetune_sets(target: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -30,7 +30,7 @@ def semi_automated(init: DeepPickerNet | None, index: pd.DataFrame, n_picks: int
                    epochs: int = 10) -> DeepPickerNet:
     """Fine-tune ``init`` (or train from scratch) on the first ``n_picks`` labelled particles of
     ``index`` (whole micrographs, as a user would pick them), with the library's training code."""
-    from deeppicker_relion.training import TrainingSet, TrainParams, make_training_set, train
+    from deeppicker_relion.training.train import TrainingSet, TrainParams, make_training_set, train
 
     rng = np.random.default_rng(seed)
     norm = init.normalisation if init is not None else DEFAULT_NORMALISATION  # as the model will pick
@@ -51,9 +51,9 @@ def semi_automated(init: DeepPickerNet | None, index: pd.DataFrame, n_picks: int
 
 
 def section_finetune(results: dict, args: argparse.Namespace) -> None:
-    from deeppicker_relion.pipeline import ParticleSize
-    from deeppicker_relion.selftrain import self_train
-    from deeppicker_relion.training import TrainParams
+    from deeppicker_relion.picking.pipeline import ParticleSize
+    from deeppicker_relion.picking.selftrain import self_train
+    from deeppicker_relion.training.train import TrainParams
 
     print("\n## Self-training and semi-automated training (400 picks of the target)\n")
     print("| target | model | precision | recall | F1 @ 0.5 | top-N F1 | best F1 |")

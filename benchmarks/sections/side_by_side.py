@@ -14,7 +14,7 @@ from common import (
     APOFERRITIN_DIAMETER_PX, APOFERRITIN_OUTER_DIAMETER_PX, CACHE, NETWORK_SNR_BINS, apoferritin, boxes, log,
     metrics, pick_candidates, recipe, references, ribosome, set_model, sim_test, size_checked, size_note, topn_tp,
 )
-from deeppicker_relion.evaluate import evaluate
+from deeppicker_relion.metrics import evaluate
 from deeppicker_relion.io.mrc import read_header
 
 

@@ -45,14 +45,14 @@ SIZE_FACTORS = (0.73, 1.0, 1.5, 2.0)  # given diameter / the particle's (0.73: a
 SIZE_SELECTION_STRIDE = 6  # every 6th selection micrograph (each is checked 4 x; ~1-4 s a check)
 
 def section_sizecheck(results: dict, args: argparse.Namespace) -> None:
-    """The size check (deeppicker_relion/sizecheck.py): (1) on selection micrographs (the rule
+    """The size check (deeppicker_relion/picking/sizecheck.py): (1) on selection micrographs (the rule
     split: random molecules and cages, and empty micrographs; one micrograph per check, a harder
     case than a job's three), how often the search ('adopt') and the strong search ('auto', the
     default) move a right diameter, move an empty micrograph, or bring a wrong one back within x
     0.8-1.25; (2) on every held-out set, checked as a job (its first, middle and last micrograph)
     given its diameter x SIZE_FACTORS: the factors found, and F1 at the defaults picking at the
     given size and at each size found."""
-    from deeppicker_relion.sizecheck import DEFAULT_MODE, check_size, factor_to_use
+    from deeppicker_relion.picking.sizecheck import DEFAULT_MODE, check_size, factor_to_use
 
     model = load_model(common.WEIGHTS if common.SINGLE_MODEL is None else common.SINGLE_MODEL)[0]
     print("\n## Size check\n")

@@ -8,7 +8,7 @@ import argparse
 import pandas as pd
 
 from common import NETWORK_SNR_BINS, default_picks, network_snr, resimulate, simulated_sets, topn_tp
-from deeppicker_relion.evaluate import MATCH_RADIUS, match
+from deeppicker_relion.metrics import MATCH_RADIUS, match
 
 
 def section_snr(results: dict, args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from ..pipeline import ParticleSize
+from ..picking.pipeline import ParticleSize
 
 
 def add_micrograph_arguments(parser: argparse.ArgumentParser) -> None:

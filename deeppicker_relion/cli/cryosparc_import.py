@@ -18,7 +18,7 @@ import getpass
 import os
 from pathlib import Path
 
-from ..cryosparc_import import import_to_cryosparc
+from ..jobs.cryosparc_import import import_to_cryosparc
 from .common import setup
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..demo import DIAMETER_A, PIXEL_A, empty_micrograph_picks, run_demo
-from ..pipeline import resolve_device
+from ..picking.pipeline import resolve_device
 from .common import add_compute_arguments, setup
 
 log = logging.getLogger("deeppicker.demo")
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         bar.refresh()
 
     result = run_demo(args.output, args.weights, str(resolve_device(args.gpu)), args.threshold, progress)
-    from ..picking import PickParams
+    from ..picking.candidates import PickParams
 
     threshold = PickParams().threshold if args.threshold is None else args.threshold
     bar.close()

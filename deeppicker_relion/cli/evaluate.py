@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import JobError
-from ..evaljob import pick_job_folder, run_evaluation, summary_micrographs
-from ..evaluate import MATCH_RADIUS
+from ..jobs.evaluate import pick_job_folder, run_evaluation, summary_micrographs
+from ..metrics import MATCH_RADIUS
 from ..io.coords import read_coordinates
 from ..io.micrographs import coordinate_files, micrograph_list
 from .common import setup

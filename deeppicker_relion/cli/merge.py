@@ -25,7 +25,7 @@ import pandas as pd
 from ..errors import JobError
 from ..io import relion_nodes
 from ..io.micrographs import micrograph_list
-from ..merge import Merged, find_shards, merge_shards, read_shard_settings, shard_files, write_relion_nodes
+from ..jobs.merge import Merged, find_shards, merge_shards, read_shard_settings, shard_files, write_relion_nodes
 from .common import setup
 
 log = logging.getLogger("deeppicker.merge")
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         raise JobError(f"no micrograph was picked by any of the {merged.n_shards} shards "
                        f"({len(merged.failed)} failed; see failed_micrographs.star)", outdir)
     pickname = args.pickname or settings.get("pickname") or "deeppicker"
-    from ..pickjob import JobSummary, write_cryosparc
+    from ..jobs.pick import JobSummary, write_cryosparc
 
     job = _pick_job(outdir, merged, settings, pickname, args.format)
     star = args.in_mics[0] if args.in_mics and len(args.in_mics) == 1 and args.in_mics[0].endswith(".star") else None
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         n = write_cryosparc(merged.table, job, outdir / "particles.cs")
         log.info("wrote %s (%d particles for CryoSPARC)", outdir / "particles.cs", n)
     if not args.no_report:
-        from ..report import write_pick_report
+        from ..jobs.report import write_pick_report
 
         pdf = write_pick_report(outdir, JobSummary(merged.table, merged.failed, []), job, mics,
                                 notes=[f"merged from {merged.n_shards} shards"])
@@ -90,9 +90,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _pick_job(outdir: Path, merged: Merged, settings: dict, pickname: str, fmt: str):
     """The PickJob the shards ran (where the files are; threshold and size for the report)."""
-    from ..pickjob import PickJob
-    from ..picking import PickParams
-    from ..pipeline import ParticleSize
+    from ..jobs.pick import PickJob
+    from ..picking.candidates import PickParams
+    from ..picking.pipeline import ParticleSize
 
     if settings.get("particle_diameter"):
         size = ParticleSize(diameter_A=float(settings["particle_diameter"]))

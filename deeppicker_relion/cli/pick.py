@@ -25,19 +25,19 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..centring import attached_centring
+from ..picking.centring import attached_centring
 from ..errors import JobError
 from ..io.micrographs import micrograph_list
-from ..merge import write_shard_settings
+from ..jobs.merge import write_shard_settings
 from ..model import AUGMENTATIONS, default_weights_path, load_model
-from ..parallel import default_threads, parse_devices, pick_in_processes
-from ..pickjob import ABORT_FILE, Aborted, JobSummary, PickJob, abort_file_poller, parse_shard, prepare_output_dir
-from ..pickjob import rethreshold, run_pick_job, shard_rows, write_cryosparc
-from ..picking import PickParams, check_dark_sigma
-from ..pipeline import check_particle_size
-from ..selftrain import self_train
-from ..sizecheck import DEFAULT_MODE, MODES, STRONG_PER_MICROGRAPH, apply_size_check, recorded_factor, scaled_size
-from ..training import TrainParams
+from ..jobs.parallel import default_threads, parse_devices, pick_in_processes
+from ..jobs.pick import ABORT_FILE, Aborted, JobSummary, PickJob, abort_file_poller, parse_shard, prepare_output_dir
+from ..jobs.pick import rethreshold, run_pick_job, shard_rows, write_cryosparc
+from ..picking.candidates import PickParams, check_dark_sigma
+from ..picking.pipeline import check_particle_size
+from ..picking.selftrain import self_train
+from ..picking.sizecheck import DEFAULT_MODE, MODES, STRONG_PER_MICROGRAPH, apply_size_check, recorded_factor, scaled_size
+from ..training.train import TrainParams
 from .common import add_compute_arguments, add_micrograph_arguments, add_size_arguments, particle_size, setup
 
 log = logging.getLogger("deeppicker.pick")
@@ -222,7 +222,7 @@ def _report(args: argparse.Namespace, summary: JobSummary, job: PickJob, mics, n
     if job.shard is not None:
         log.info("report: skipped for a shard (written for the whole job by deeppicker merge)")
         return
-    from ..report import write_pick_report
+    from ..jobs.report import write_pick_report
 
     pdf = write_pick_report(args.output, summary, job, mics, notes=notes)
     log.info("report: %s (and report.txt, report_*.png)", pdf)

@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def data_specs(args: argparse.Namespace) -> list:
     """The data sets named by --data, --datasets and --simulated (empty: the one-data-set mode)."""
-    from ..datasets import DataSpec, parse_spec, read_list
+    from ..training.datasets import DataSpec, parse_spec, read_list
 
     specs = [parse_spec(tokens, "--data " + " ".join(tokens)) for tokens in args.data]
     for path in args.datasets:
@@ -129,11 +129,11 @@ def _init_model(args: argparse.Namespace, device):
 
 
 def _train_datasets(args: argparse.Namespace, specs: list) -> int:
-    from ..datasets import read_datasets
-    from ..pickjob import prepare_output_dir
-    from ..pipeline import resolve_device
-    from ..trainjob import train_from_datasets
-    from ..training import TrainParams
+    from ..training.datasets import read_datasets
+    from ..jobs.pick import prepare_output_dir
+    from ..picking.pipeline import resolve_device
+    from ..jobs.train import train_from_datasets
+    from ..training.train import TrainParams
 
     sets = read_datasets(specs, args.cache, progress=True)
     prepare_output_dir(args.output.parent)  # before hours of training, not after
@@ -152,10 +152,10 @@ def _train_datasets(args: argparse.Namespace, specs: list) -> int:
 
 def _train_one(args: argparse.Namespace) -> int:
     from ..io.micrographs import coordinate_files, micrograph_list
-    from ..pickjob import prepare_output_dir
-    from ..pipeline import ParticleSize, check_particle_size, resolve_device
-    from ..trainjob import train_from_files
-    from ..training import TrainParams
+    from ..jobs.pick import prepare_output_dir
+    from ..picking.pipeline import ParticleSize, check_particle_size, resolve_device
+    from ..jobs.train import train_from_files
+    from ..training.train import TrainParams
 
     size = ParticleSize(diameter_A=args.diameter, box_px=args.box)
     mics = micrograph_list(args.micrographs, args.angpix)

@@ -64,7 +64,7 @@ Conventions (RELION picks -> CryoSPARC fractions)
 sets it to the exposure's ``uid``).  Files written here get a stable id per micrograph: the
 CryoSPARC uid if the file name carries CryoSPARC's 21-digit uid prefix (``0129...663_name.mrc``:
 in ``T20S_PARTICLES_PASSTHROUGH`` the prefix equals ``location/micrograph_uid``), else the first
-8 bytes of BLAKE2b of the path.  ``deeppicker_relion.cryosparc_import`` can re-map uids and paths
+8 bytes of BLAKE2b of the path.  ``deeppicker_relion.jobs.cryosparc_import`` can re-map uids and paths
 onto the exposures of a CryoSPARC job when importing.
 
 Precision: CryoSPARC stores fractions as float32, so a round trip x -> frac -> x is exact to

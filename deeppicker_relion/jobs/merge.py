@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import JobError
-from .io import relion_nodes
-from .io.atomic import write_text_atomic
-from .io.star import read_star, write_star
+from ..errors import JobError
+from ..io import relion_nodes
+from ..io.atomic import write_text_atomic
+from ..io.star import read_star, write_star
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def write_relion_nodes(outdir: str | Path, merged: Merged, pickname: str, in_mic
     node = relion_nodes.write_coordinate_node(job_dir, merged.picked, pickname, str(in_mics_star), version, project_dir)
     nodes = [(node, relion_nodes.COORDINATES)]
     if "flag" in merged.table.columns:  # the micrographs that hold particles: a second node
-        from .pickjob import PARTICLE_MICROGRAPHS, flags_message, write_particle_micrographs
+        from .pick import PARTICLE_MICROGRAPHS, flags_message, write_particle_micrographs
 
         star = Path(in_mics_star) if Path(in_mics_star).is_file() else Path(project_dir) / in_mics_star
         n_kept = write_particle_micrographs(star, merged.table, Path(outdir) / PARTICLE_MICROGRAPHS)

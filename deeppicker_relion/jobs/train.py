@@ -10,13 +10,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .errors import DeepPickerError, JobError
-from .io.coords import read_coordinates
-from .model import DeepPickerNet, save_model
-from .pickjob import Aborted
-from .pipeline import ParticleSize, prefetch
-from .preprocess import DEFAULT_NORMALISATION
-from .training import History, TrainingSet, TrainParams, make_training_set, train
+from ..errors import DeepPickerError, JobError
+from ..io.coords import read_coordinates
+from ..model import DeepPickerNet, save_model
+from .pick import Aborted
+from ..picking.pipeline import ParticleSize, prefetch
+from ..picking.preprocess import DEFAULT_NORMALISATION
+from ..training.train import History, TrainingSet, TrainParams, make_training_set, train
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,9 @@ def dataset_examples(
     time (only patches are kept: 16 KiB each). ``normalisation``: the trained model's;
     ``vet_model`` (needed for ``params.incomplete_labels in ("model", "weighted")``) scores the micrographs of
     sets with incomplete labels. Returns (patches, one summary per set)."""
-    from .pipeline import prepare
-    from .preprocess import preprocess
-    from .training import micrograph_examples, vet_micrograph
+    from ..picking.pipeline import prepare
+    from ..picking.preprocess import preprocess
+    from ..training.train import micrograph_examples, vet_micrograph
 
     rng = np.random.default_rng(params.seed)
     parts: list[TrainingSet] = []
@@ -193,7 +193,7 @@ def train_from_datasets(
         if init is not None:
             vet_model = init
         else:
-            from .model import load_model
+            from ..model import load_model
 
             vet_model, _ = load_model(None, device)
     data, summaries = dataset_examples(sets, params, normalisation, vet_model, device, should_abort, progress)

@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 
 from .centring import attached_centring
-from .errors import DeepPickerError, JobError, MicrographError
-from .io.mrc import Micrograph, read_header, read_micrograph
-from .model import DeepPickerNet
+from ..errors import DeepPickerError, JobError, MicrographError
+from ..io.mrc import Micrograph, read_header, read_micrograph
+from ..model import DeepPickerNet
 from .fom import IDENTITY, calibrate_candidates
-from .picking import PickParams, find_candidates, select_picks
+from .candidates import PickParams, find_candidates, select_picks
 from .preprocess import DEFAULT_NORMALISATION, Preprocessed, preprocess
 from .scoring import DEFAULT_STEP, ScoreMap, score_map_dense, score_map_patches
 

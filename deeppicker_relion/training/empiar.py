@@ -36,7 +36,7 @@ from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urljoin, urlparse
 
-from .errors import JobError
+from ..errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class Cache:
             return {}
 
     def _write(self, name: str, data) -> None:
-        from .io.atomic import write_text_atomic
+        from ..io.atomic import write_text_atomic
 
         write_text_atomic(self.folder / name, json.dumps(data, indent=1, sort_keys=True))
 
@@ -248,7 +248,7 @@ def _matches(rel: str, pattern: str) -> bool:
 
 
 def _stem(name: str) -> str:
-    from .io.micrographs import strip_image_extension
+    from ..io.micrographs import strip_image_extension
 
     return strip_image_extension(PurePosixPath(name).name)
 
@@ -308,8 +308,8 @@ def fetch_dataset(spec, cache: Path, progress: bool = True):
 def _single_source(paths: list[Path]) -> Path | None:
     """The one file among downloaded coordinates that names micrographs itself (a particles STAR,
     a 4/5 coordinate table or a .cs), else None."""
-    from .io.particles import is_particles_star
-    from .io.star import read_star
+    from ..io.particles import is_particles_star
+    from ..io.star import read_star
 
     for path in paths:
         if path.suffix == ".cs":
@@ -326,10 +326,10 @@ def _single_source(paths: list[Path]) -> Path | None:
 
 def _micrograph_names(path: Path) -> list[str]:
     if path.suffix == ".cs":
-        from .io.particles import read_particles_cs
+        from ..io.particles import read_particles_cs
 
         return list(read_particles_cs(path)["micrograph"])
-    from .io.star import read_star
+    from ..io.star import read_star
 
     for df in read_star(path).values():
         if "rlnMicrographName" in df.columns:

@@ -18,12 +18,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import DeepPickerError
-from .evaluate import MATCH_RADIUS, evaluate, match, topn_curve
+from ..errors import DeepPickerError
+from ..metrics import MATCH_RADIUS, evaluate, match, topn_curve
 from .figures import display_image, plot_picks_vs_reference, plot_topn_curve
-from .io.atomic import atomic_path
-from .io.micrographs import strip_image_extension
-from .io.mrc import read_micrograph
+from ..io.atomic import atomic_path
+from ..io.micrographs import strip_image_extension
+from ..io.mrc import read_micrograph
 from .report import add_evaluation_to_report
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def summary_micrographs(folder: str | Path) -> pd.DataFrame | None:
     """The micrographs a pick job folder picked, as a micrograph list (name, path, pixel_size), from
     its picking summaries; only those whose names are paths that exist from the current folder
     (as in a RELION project directory). None when there are none."""
-    from .io.star import read_star
+    from ..io.star import read_star
 
     names: list[str] = []
     for path in sorted(Path(folder).glob("picking_summary*.star")):

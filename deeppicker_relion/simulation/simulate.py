@@ -45,7 +45,7 @@ import starfile
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from .io.atomic import atomic_path
+from ..io.atomic import atomic_path
 
 __all__ = [
     "Projector",

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import AUGMENTATIONS, DeepPickerNet, augment_correction
+from ..model import AUGMENTATIONS, DeepPickerNet, augment_correction
 from .preprocess import INPUT_SIZE, tune_allocator
 
 DEFAULT_STEP = 4
@@ -175,7 +175,7 @@ def window_forward(model: DeepPickerNet, windows: torch.Tensor) -> torch.Tensor:
     layout, the pools as maxima of strided views (as :meth:`~.model.DeepPickerNet.dense_logits`
     does). Same numbers to float rounding (~1e-6 relative). Returns the last layer's outputs
     (N, outputs), before any scaling a subclass's ``forward`` applies."""
-    from .model import _pool2
+    from ..model import _pool2
 
     cl = torch.channels_last
     x = windows.contiguous(memory_format=cl)

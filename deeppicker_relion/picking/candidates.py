@@ -37,7 +37,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .centring import CentringNet, recentre
-from .errors import JobError
+from ..errors import JobError
 from .fom import FEATURE_FLOOR, SAVE_FLOOR
 from .preprocess import INPUT_SIZE, Preprocessed
 from .scoring import ScoreMap

@@ -1,6 +1,6 @@
 """Several worker processes on one node: one per GPU (``--gpu 0,1``) or N on the CPU (``--processes
-N``), each picking shard k of n (:func:`~deeppicker_relion.pickjob.shard_rows`) into the same output
-folder; the shards are then merged (:func:`~deeppicker_relion.merge.merge_shards`, the code of
+N``), each picking shard k of n (:func:`~deeppicker_relion.jobs.pick.shard_rows`) into the same output
+folder; the shards are then merged (:func:`~deeppicker_relion.jobs.merge.merge_shards`, the code of
 ``deeppicker merge``). The CPU path runs exactly the code of the GPU path with ``cpu`` devices, so it
 is what the tests exercise.
 
@@ -22,9 +22,9 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .errors import DeepPickerError, JobError
+from ..errors import DeepPickerError, JobError
 from .merge import Merged, merge_shards
-from .pickjob import Aborted, PickJob, abort_file_poller
+from .pick import Aborted, PickJob, abort_file_poller
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def _worker(micrographs: pd.DataFrame, job: PickJob, weights: str | None, device
     what happened (0 done, 2 job error already reported in one line, 3 aborted)."""
     import torch
 
-    from .model import load_model
-    from .pickjob import run_pick_job
+    from ..model import load_model
+    from .pick import run_pick_job
 
     k, n = job.shard  # type: ignore[misc]
     tag = f"[{k}/{n} {device}]"

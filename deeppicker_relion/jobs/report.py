@@ -32,14 +32,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import DeepPickerError
+from ..errors import DeepPickerError
 from .figures import Panel, display_image, picks_at_thresholds, plot_micrographs, plot_picks_per_micrograph
 from .figures import plot_scores, plot_topn_curve
-from .io.atomic import atomic_path, write_text_atomic
-from .io.coords import read_coordinates
-from .io.mrc import read_micrograph
-from .io.star import first_loop, read_candidate_star, read_coordinate_star
-from .picking import select_picks
+from ..io.atomic import atomic_path, write_text_atomic
+from ..io.coords import read_coordinates
+from ..io.mrc import read_micrograph
+from ..io.star import first_loop, read_candidate_star, read_coordinate_star
+from ..picking.candidates import select_picks
 
 __all__ = ["write_pick_report", "add_evaluation_to_report", "write_logfile_pdf", "candidate_scores", "plot_topn_curve"]
 
@@ -67,9 +67,9 @@ def write_pick_report(
 ) -> Path:
     """Write the visual report of a pick job into ``outdir``; returns the path of ``logfile.pdf``.
 
-    ``summary``: the :class:`~deeppicker_relion.pickjob.JobSummary` of :func:`run_pick_job` or
+    ``summary``: the :class:`~deeppicker_relion.jobs.pick.JobSummary` of :func:`run_pick_job` or
     :func:`rethreshold` (its ``table`` lists every micrograph: rlnMicrographName, status, n_picks,
-    ...; ``failed`` the reasons). ``job``: the :class:`~deeppicker_relion.pickjob.PickJob` (where the
+    ...; ``failed`` the reasons). ``job``: the :class:`~deeppicker_relion.jobs.pick.PickJob` (where the
     candidates are, threshold, max picks, particle size). ``micrographs``: the micrograph list of
     :func:`~deeppicker_relion.io.micrographs.micrograph_list` (columns name, path, pixel_size), used
     to find the files of the ``n_shown`` micrographs drawn (evenly spread over the list); without
@@ -166,7 +166,7 @@ def _summary_text(outdir: Path, table: pd.DataFrame, failed: pd.DataFrame, job, 
 
 def _merit_lines(table: pd.DataFrame) -> list[str]:
     """What the figure of merit says of the micrographs: expected particles and precision, flags."""
-    from .fom import EMPTY_EXPECTED, EMPTY_FOM, FLAG_EMPTY, FLAG_OK, FLAG_REMOVED, REMOVED_MOSTLY
+    from ..picking.fom import EMPTY_EXPECTED, EMPTY_FOM, FLAG_EMPTY, FLAG_OK, FLAG_REMOVED, REMOVED_MOSTLY
 
     ok = table[table["status"] != "failed"]
     if "expected_particles" not in ok.columns or ok.empty:

@@ -33,7 +33,7 @@ RELION project holding the STAR, i.e. the folder above ``Type/jobNNN/``, then th
 ``angpix=`` micrograph pixel size in Angstrom (overrides every other source); ``max_mics=N`` use
 the first N micrographs that have particles; ``labels=complete|incomplete`` (default: incomplete
 for everything but ``simulated``: curated particle sets leave out many true particles, see
-training.py); ``name=`` a label for logs; for ``empiar:``: ``url=`` base URL, ``mics=`` glob of
+train.py); ``name=`` a label for logs; for ``empiar:``: ``url=`` base URL, ``mics=`` glob of
 micrographs inside the entry; for ``simulated``: ``n=`` micrographs (default 12), ``seed=``.
 Relative paths in a list file are relative to the list file's folder.
 """
@@ -52,7 +52,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import JobError
+from ..errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _roots(spec: DataSpec, source: Path | None) -> list[Path]:
 
 
 def _header_pixel_size(path: str) -> float:
-    from .io.mrc import read_header
+    from ..io.mrc import read_header
 
     try:
         return float(read_header(path)[1] or np.nan)
@@ -238,7 +238,7 @@ def _mics_pixel_sizes(spec: DataSpec) -> dict[str, float]:
     """Micrograph name -> pixel size from the ``mics=`` micrographs STAR (empty if none given)."""
     if "mics" not in spec.options or not spec.options["mics"].endswith(".star"):
         return {}
-    from .io.star import micrograph_table
+    from ..io.star import micrograph_table
 
     table = micrograph_table(spec.options["mics"])
     return {n: float(p) for n, p in zip(table["rlnMicrographName"], table["pixel_size"]) if p > 0}
@@ -247,7 +247,7 @@ def _mics_pixel_sizes(spec: DataSpec) -> dict[str, float]:
 def _from_particles(spec: DataSpec, table: pd.DataFrame, source: Path, shifts: bool) -> LabelledSet:
     """A data set from a per-particle table (``micrograph``, ``x``/``y`` or coord/shift columns,
     ``pixel_size``)."""
-    from .io.particles import refined_centres
+    from ..io.particles import refined_centres
 
     roots = _roots(spec, source)
     names = list(dict.fromkeys(table["micrograph"]))
@@ -295,7 +295,7 @@ def _finish(spec: DataSpec, mics: pd.DataFrame, centres: dict[str, np.ndarray], 
 
 
 def _from_coordinate_files(spec: DataSpec, mics: pd.DataFrame, coords: dict[str, Path], source: Path | None) -> LabelledSet:
-    from .io.coords import read_coordinates
+    from ..io.coords import read_coordinates
 
     roots = _roots(spec, source)
     mics = mics.copy()
@@ -315,7 +315,7 @@ def _from_coordinate_files(spec: DataSpec, mics: pd.DataFrame, coords: dict[str,
 
 def _micrographs_of_node(node: Path, roots: list[Path]) -> pd.DataFrame:
     """The micrographs a RELION 3.1 coords_suffix node names (its one line: a micrographs STAR)."""
-    from .io.micrographs import micrograph_list
+    from ..io.micrographs import micrograph_list
 
     text = node.read_text().strip().splitlines()
     if not text:
@@ -329,11 +329,11 @@ def _micrographs_of_node(node: Path, roots: list[Path]) -> pd.DataFrame:
 def read_dataset(spec: DataSpec, cache: Path | None = None, progress: bool = False) -> LabelledSet:
     """Read (download or simulate when needed) one data set. Raises :class:`JobError` naming the
     file and the problem."""
-    from .io.micrographs import coordinate_files, micrograph_list
+    from ..io.micrographs import coordinate_files, micrograph_list
 
     src = spec.source
     if src == "simulated" or src.startswith("simulated:"):
-        from .simulated_sets import simulated_set
+        from ..simulation.sets import simulated_set
 
         n = int(spec.options.get("n", src.partition(":")[2] or 12))
         folder = simulated_set(n, int(spec.options.get("seed", 0)), cache_dir(cache) / "simulated", progress=progress)
@@ -341,7 +341,7 @@ def read_dataset(spec: DataSpec, cache: Path | None = None, progress: bool = Fal
         inner = DataSpec(str(folder / "index.csv"), None, None, {"labels": "complete", **spec.options}, spec.where)
         table = pd.DataFrame({"name": mics["name"], "path": [str(folder / p) for p in mics["file"]],
                               "pixel_size": mics["pixel_size"], "box_px": mics["diameter_px"]})  # fmt: skip
-        from .io.coords import read_coordinates
+        from ..io.coords import read_coordinates
 
         centres = {n: read_coordinates(folder / c)[["x", "y"]].to_numpy(float).reshape(-1, 2)
                    for n, c in zip(mics["name"], mics["coords"])}  # fmt: skip
@@ -355,7 +355,7 @@ def read_dataset(spec: DataSpec, cache: Path | None = None, progress: bool = Fal
         return read_dataset(local, cache, progress)
     path = Path(src)
     if src.endswith(".cs"):
-        from .io.particles import read_particles_cs
+        from ..io.particles import read_particles_cs
 
         return _from_particles(spec, read_particles_cs(path), path, shifts=False)
     if src.endswith(".star") and "coords" not in spec.options:
@@ -366,8 +366,8 @@ def read_dataset(spec: DataSpec, cache: Path | None = None, progress: bool = Fal
             mics = (micrograph_list([spec.options["mics"]]) if "mics" in spec.options
                     else _micrographs_of_node(path, _roots(spec, path)))  # fmt: skip
             return _from_coordinate_files(spec, mics, coordinate_files(mics, [path]), path)
-        from .io.particles import is_particles_star, read_particles_star
-        from .io.star import read_star
+        from ..io.particles import is_particles_star, read_particles_star
+        from ..io.star import read_star
 
         blocks = read_star(path)
         if is_particles_star(blocks):

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 # the network's class and weights files are in model.py (load_model attaches it); re-exported here
-from .model import CENTRING_ARCHITECTURE as ARCHITECTURE
-from .model import CENTRING_OUTPUT_SCALE as OUTPUT_SCALE
-from .model import (
+from ..model import CENTRING_ARCHITECTURE as ARCHITECTURE
+from ..model import CENTRING_OUTPUT_SCALE as OUTPUT_SCALE
+from ..model import (
     CentringNet,
     attach_centring,
     attached_centring,

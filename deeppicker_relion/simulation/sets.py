@@ -71,9 +71,9 @@ def simulated_set(n: int, seed: int, cache: Path, progress: bool = False) -> Pat
     """Folder ``cache/n<n>_seed<seed>/`` holding ``n`` simulated micrographs (``NAME.mrc``), their
     centres (``NAME.star``) and ``index.csv`` (name, file, coords, pixel_size, diameter_px,
     n_particles); generated on first use, written atomically (index last), reused afterwards."""
-    from .io.atomic import atomic_path
-    from .io.mrc import write_mrc
-    from .io.star import write_coordinate_star
+    from ..io.atomic import atomic_path
+    from ..io.mrc import write_mrc
+    from ..io.star import write_coordinate_star
 
     folder = Path(cache) / f"n{n}_seed{seed}"
     index = folder / "index.csv"

@@ -44,11 +44,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import DeepPickerError, JobError
-from .io.atomic import write_text_atomic
-from .io.mrc import Micrograph, read_micrograph
-from .model import DeepPickerNet
-from .picking import PickParams, find_candidates
+from ..errors import DeepPickerError, JobError
+from ..io.atomic import write_text_atomic
+from ..io.mrc import Micrograph, read_micrograph
+from ..model import DeepPickerNet
+from .candidates import PickParams, find_candidates
 from .pipeline import ParticleSize, choose_pixel_size, sample_order
 from .preprocess import box_scale, preprocess, resampled_shape
 from .scoring import score_map_dense

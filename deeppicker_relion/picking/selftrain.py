@@ -12,11 +12,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .errors import DeepPickerError
-from .model import DeepPickerNet
-from .picking import PickParams, select
+from ..errors import DeepPickerError
+from ..model import DeepPickerNet
+from .candidates import PickParams, select
 from .pipeline import ParticleSize, pick_prepared, prefetch
-from .training import History, TrainingSet, TrainParams, make_training_set, train
+from ..training.train import History, TrainingSet, TrainParams, make_training_set, train
 
 log = logging.getLogger(__name__)
 

@@ -31,17 +31,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .errors import DeepPickerError, JobError, MicrographError
-from .io.coords import read_coordinates, write_coordinates
-from .io.atomic import remove_stale_temporaries
-from .io.micrographs import relative_output_stem
-from .io.mrc import read_header, read_shape
-from .fom import EMPTY_FOM, expected_precision, micrograph_flag
-from .io.star import first_loop, read_candidate_star, read_coordinate_star, read_star, write_candidate_star, write_star
-from .model import DeepPickerNet
-from .picking import PickParams, select_picks
-from .scoring import read_ahead, score_ahead
-from .pipeline import MicrographResult, ParticleSize, check_particle_size, choose_pixel_size, pick_prepared, prefetch
+from ..errors import DeepPickerError, JobError, MicrographError
+from ..io.coords import read_coordinates, write_coordinates
+from ..io.atomic import remove_stale_temporaries
+from ..io.micrographs import relative_output_stem
+from ..io.mrc import read_header, read_shape
+from ..picking.fom import EMPTY_FOM, expected_precision, micrograph_flag
+from ..io.star import first_loop, read_candidate_star, read_coordinate_star, read_star, write_candidate_star, write_star
+from ..model import DeepPickerNet
+from ..picking.candidates import PickParams, select_picks
+from ..picking.scoring import read_ahead, score_ahead
+from ..picking.pipeline import MicrographResult, ParticleSize, check_particle_size, choose_pixel_size, pick_prepared, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def collect_picks(summary: pd.DataFrame, job: PickJob) -> dict[str, pd.DataFrame
 
 def write_cryosparc(summary: pd.DataFrame, job: PickJob, path: Path) -> int:
     """Write all picks of a job as a CryoSPARC ``.cs`` file; returns the number of particles."""
-    from .io.cryosparc import write_particles_cs
+    from ..io.cryosparc import write_particles_cs
 
     picks = collect_picks(summary, job)
     ok = summary.set_index("rlnMicrographName")
@@ -377,7 +377,7 @@ def flag_counts(table: pd.DataFrame) -> dict[str, int]:
 def flags_message(table: pd.DataFrame, node: str, n_kept: int) -> str:
     """One line for the log: how many micrographs were flagged, and why, and the node that lists
     the others."""
-    from .fom import EMPTY_EXPECTED, EMPTY_FOM, FLAG_EMPTY, FLAG_REMOVED, REMOVED_MOSTLY
+    from ..picking.fom import EMPTY_EXPECTED, EMPTY_FOM, FLAG_EMPTY, FLAG_REMOVED, REMOVED_MOSTLY
 
     counts = flag_counts(table)
     n_empty, n_removed = counts.get(FLAG_EMPTY, 0), counts.get(FLAG_REMOVED, 0)
@@ -390,7 +390,7 @@ def write_particle_micrographs(in_star: str | Path, table: pd.DataFrame, path: s
     """Write ``path``: the micrographs STAR ``in_star`` (every block kept, optics included) with only
     the micrographs whose flag in the summary ``table`` is "particles" (not empty, not mostly ice /
     carbon / contamination, not failed). Returns the number of micrographs written."""
-    from .fom import FLAG_OK
+    from ..picking.fom import FLAG_OK
 
     blocks = read_star(in_star)
     keep = set(table.loc[(table["status"] != "failed") & (table["flag"].astype(str) == FLAG_OK),

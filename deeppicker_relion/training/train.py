@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from .model import DeepPickerNet, build_model
-from .preprocess import INPUT_SIZE, Preprocessed
+from ..model import DeepPickerNet, build_model
+from ..picking.preprocess import INPUT_SIZE, Preprocessed
 
 log = logging.getLogger(__name__)
 HALF = INPUT_SIZE // 2
@@ -269,7 +269,7 @@ def train(
     y_val = y_all[val_idx].to(device)
     model = copy.deepcopy(init) if init is not None else build_model(params.architecture)
     model.augment_calibration = {}  # the initial model's calibrations do not hold for new weights
-    from .fom import IDENTITY  # ... nor its figure of merit (fitted to its own scores): the network's score
+    from ..picking.fom import IDENTITY  # ... nor its figure of merit (fitted to its own scores): the network's score
 
     model.fom = IDENTITY
     model.to(device).to(memory_format=fmt)
@@ -372,7 +372,7 @@ def vet_micrograph(
     ``positives``: labelled centres (x, y, resampled px)."""
     from scipy import ndimage
 
-    from .scoring import score_map_dense
+    from ..picking.scoring import score_map_dense
 
     smap = score_map_dense(model, image, device=device)
     scores = smap.scores

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import JobError
-from .io.cryosparc import PARTICLE_FIELDS
+from ..errors import JobError
+from ..io.cryosparc import PARTICLE_FIELDS
 
 __all__ = [
     "REQUIRED_FIELDS",

@@ -21,8 +21,8 @@ from matplotlib.collections import EllipseCollection  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .io.atomic import atomic_path  # noqa: E402
-from .preprocess import INPUT_SIZE, preprocess  # noqa: E402
+from ..io.atomic import atomic_path  # noqa: E402
+from ..picking.preprocess import INPUT_SIZE, preprocess  # noqa: E402
 
 DISPLAY_MAX_SIDE = 640  # px: micrographs are binned to at most this for drawing (a panel is ~500 px)
 SCORE_CMAP = "plasma"
