@@ -189,3 +189,23 @@ def test_relion_train_job_several_molecules(tmp_path, general, monkeypatch):
     scores = _pick_and_score(tmp_path / "C/CtfFind/job003/micrographs_ctf.star", diameter_c, project / ext / "model.safetensors",
                              tmp_path / "picks", truth_c)  # fmt: skip
     assert scores["recall"] >= 0.5, scores
+
+
+def test_trained_model_carries_its_own_figure_of_merit(tmp_path, general, monkeypatch):
+    """``deeppicker train`` fits the new network's figure of merit on simulated micrographs (complete
+    labels, some empty) and stores it in the weights, so the threshold means a probability for the
+    facility's model too; ``--fom-micrographs 0`` leaves the network's score as the figure of merit."""
+    from deeppicker_relion.picking.fom import IDENTITY
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEEPPICKER_CACHE", str(tmp_path / "cache"))
+    fitted, plain = tmp_path / "fitted.safetensors", tmp_path / "plain.safetensors"
+    assert cli(["train", "--simulated", "3", "--fom-micrographs", "6", "-o", str(fitted), *FAST]) == 0
+    assert cli(["train", "--simulated", "3", "--fom-micrographs", "0", "-o", str(plain), *FAST]) == 0
+    model, info = load_model(fitted)
+    assert "6 simulated micrographs" in info["fom"]["fitted_on"]
+    assert model.fom is not IDENTITY and model.fom.to_metadata() == info["fom"]
+    assert info["train_params"]["fom_micrographs"] == 6
+    model, info = load_model(plain)
+    assert "fom" not in info and model.fom is IDENTITY
+    assert cli(["train", "--simulated", "3", "--fom-micrographs", "-1", "-o", str(plain), *FAST]) != 0

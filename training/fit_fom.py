@@ -39,16 +39,10 @@ if str(REPO / "training") not in sys.path:
 
 import make_general_model as recipe  # noqa: E402
 
-from deeppicker_relion.picking.centring import attached_centring  # noqa: E402
-from deeppicker_relion.metrics import MATCH_RADIUS, match  # noqa: E402
 from deeppicker_relion.picking.fom import FitTable, expected_calibration_error, fit_fom, reliability  # noqa: E402
+from deeppicker_relion.training.calibrate import labelled_candidates  # noqa: E402
 from deeppicker_relion.io.atomic import atomic_path  # noqa: E402
-from deeppicker_relion.io.coords import read_coordinates  # noqa: E402
-from deeppicker_relion.io.mrc import read_micrograph  # noqa: E402
 from deeppicker_relion.model import default_weights_path, load_model, read_safetensors  # noqa: E402
-from deeppicker_relion.picking.candidates import PickParams, find_candidates  # noqa: E402
-from deeppicker_relion.picking.preprocess import preprocess  # noqa: E402
-from deeppicker_relion.picking.scoring import score_map_dense  # noqa: E402
 
 log = logging.getLogger("fit_fom")
 CACHE = recipe.CACHE / "fom"
@@ -60,39 +54,6 @@ def selection_index() -> pd.DataFrame:
     val += [v[v["n_particles"] == 0] for v in (recipe.simulate_split(m, recipe.VAL) for m in recipe.molecules())]
     rule = [recipe.simulate_split(m, "rule") for m in [recipe.SYNTHETIC, recipe.CAGES] + recipe.molecules()]
     return pd.concat(rule + val, ignore_index=True).drop_duplicates("name").reset_index(drop=True)
-
-
-def labelled_candidates(model, index: pd.DataFrame, cache: Path | None = None) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """(candidates with raw scores and the attrs of find_candidates, particle or not) of every
-    micrograph of ``index``; cached per weights file under ``cache`` (npz + json, no pickle)."""
-    out = []
-    params = PickParams()
-    for k, row in index.iterrows():
-        path = cache / f"{row['name']}.npz" if cache is not None else None
-        if path is not None and path.is_file():
-            data = np.load(path, allow_pickle=False)
-            cands = pd.DataFrame({"x": data["x"], "y": data["y"], "score": data["score"]})
-            cands.attrs = json.loads(str(data["attrs"]))
-            out.append((cands, data["hits"].astype(bool)))
-            continue
-        mic = read_micrograph(row["path"])
-        pre = preprocess(mic.data, float(row["diameter_px"]), model.normalisation)
-        cands = find_candidates(score_map_dense(model, pre.image), pre, params, attached_centring(model))
-        ref = read_coordinates(row["coords"])
-        hits = np.zeros(len(cands), bool)
-        if len(ref) and len(cands):
-            matched, _ = match(cands, ref, MATCH_RADIUS * float(row["diameter_px"]))
-            hits = matched >= 0  # cands are sorted best first, as match orders them
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, x=cands["x"].to_numpy(float), y=cands["y"].to_numpy(float),
-                             score=cands["score"].to_numpy(float), hits=hits, attrs=json.dumps(cands.attrs))
-        out.append((cands, hits))
-        if k % 50 == 0:
-            log.info("%d / %d micrographs", k + 1, len(index))
-    return out
 
 
 def held_out_check(items: list[tuple[pd.DataFrame, np.ndarray]], max_iter: int = 100) -> dict:

@@ -33,7 +33,7 @@ def build_training_set(
     ``normalisation``: the trained model's (preprocess.normalise).
 
     Micrographs without coordinates are left out (a ManualPick job rarely covers them all).
-    ``should_abort`` is polled between micrographs (raises :class:`~.pickjob.Aborted`).
+    ``should_abort`` is polled between micrographs (raises :class:`~.pick.Aborted`).
     """
     rng = np.random.default_rng(params.seed)
     use = micrographs[micrographs["name"].isin(coordinates.keys())]
@@ -68,11 +68,13 @@ def train_from_files(
     progress: bool = False,
     extra_info: dict | None = None,
     should_abort: Callable[[], bool] | None = None,
+    cache: Path | None = None,
 ) -> tuple[DeepPickerNet, History]:
     """Train (or fine-tune ``init``) and save the best weights to ``output`` (safetensors).
+    ``cache``: where the figure of merit's micrographs are simulated (``params.fom_micrographs``).
 
     ``should_abort`` is polled between micrographs and before each epoch (raises
-    :class:`~.pickjob.Aborted`; nothing is saved then).
+    :class:`~.pick.Aborted`; nothing is saved then).
     """
     # a fine-tuned model keeps the normalisation it was made with; a new one gets the default
     normalisation = init.normalisation if init is not None else DEFAULT_NORMALISATION
@@ -84,7 +86,7 @@ def train_from_files(
         "n_micrographs": len(boxes),
         "box_px": float(np.median(boxes)) if boxes else None,
         **(extra_info or {}),
-    })
+    }, cache)
     log.info(
         "wrote %s (best epoch %d of %d, validation loss %.4f, accuracy %.3f)",
         output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"],
@@ -111,7 +113,7 @@ def dataset_examples(
     should_abort: Callable[[], bool] | None = None,
     progress: bool = False,
 ) -> tuple[TrainingSet, list[dict]]:
-    """Patches of every micrograph of every :class:`~.datasets.LabelledSet`, read ONE micrograph at a
+    """Patches of every micrograph of every :class:`~..training.datasets.LabelledSet`, read ONE micrograph at a
     time (only patches are kept: 16 KiB each). ``normalisation``: the trained model's;
     ``vet_model`` (needed for ``params.incomplete_labels in ("model", "weighted")``) scores the micrographs of
     sets with incomplete labels. Returns (patches, one summary per set)."""
@@ -184,10 +186,12 @@ def train_from_datasets(
     extra_info: dict | None = None,
     should_abort: Callable[[], bool] | None = None,
     vet_model: DeepPickerNet | None = None,
+    cache: Path | None = None,
 ) -> tuple[DeepPickerNet, History]:
     """Train (or fine-tune ``init``) on several labelled data sets and save the best weights to
     ``output`` (safetensors). ``vet_model``: the model that vets background on sets with incomplete
-    labels (default: ``init``, else the shipped general model)."""
+    labels (default: ``init``, else the shipped general model); ``cache``: where the figure of
+    merit's micrographs are simulated (``params.fom_micrographs``)."""
     normalisation = init.normalisation if init is not None else DEFAULT_NORMALISATION
     if params.incomplete_labels in ("model", "weighted") and any(not s.complete for s in sets) and vet_model is None:
         if init is not None:
@@ -203,16 +207,18 @@ def train_from_datasets(
         "recipe": "deeppicker train (data sets)",
         "datasets": summaries,
         **(extra_info or {}),
-    })
+    }, cache)
     log.info("wrote %s (best epoch %d of %d, validation loss %.4f, accuracy %.3f)",
              output, history.best_epoch + 1, len(history.val_loss), info["val_loss"], info["val_accuracy"])
     return model, history
 
 
 def _train_and_save(data, params: TrainParams, device, init, progress, should_abort, output: Path,
-                    about: dict) -> tuple:
+                    about: dict, cache: Path | None = None) -> tuple:
     """Train on ``data`` (abort polled each epoch), save the weights with ``about`` and what the
-    training measured in their metadata; returns (model, history, metadata)."""
+    training measured in their metadata, then fit and add the figure of merit when
+    ``params.fom_micrographs`` > 0 (micrographs simulated into ``cache``); returns (model, history,
+    metadata)."""
     try:
         model, history = train(data, params, device=device, init=init, progress=progress,
                                on_epoch=lambda epoch: _check_abort(should_abort))
@@ -230,4 +236,12 @@ def _train_and_save(data, params: TrainParams, device, init, progress, should_ab
         **about,
     }
     save_model(model, output, info)
+    if params.fom_micrographs > 0:  # the figure of merit of the new network (deeppicker_relion.training.calibrate)
+        from ..model import load_model
+        from ..training.calibrate import fit_model_fom
+
+        _check_abort(should_abort)
+        picker, _ = load_model(output, device)  # as picking loads it: with its centring network
+        info["fom"] = fit_model_fom(picker, params.fom_micrographs, cache, progress).to_metadata()
+        save_model(model, output, info)
     return model, history, info

@@ -11,7 +11,7 @@ around each particle at offsets like a picker's errors and larger (training/make
 
 At picking (:func:`recentre`) each candidate's window is read as is and turned by half a turn (the
 mean of both predictions, mapped back, cancels a constant bias of the network), and the candidate
-moves by the predicted offset, at most ``max_shift`` x box (:func:`.picking.find_candidates` then
+moves by the predicted offset, at most ``max_shift`` x box (:func:`.candidates.find_candidates` then
 drops the lower of two candidates that moved closer than the peak spacing). Scores do not change. The shipped
 weights (``pretrained/centring.safetensors``) are used with any classifier whose micrographs are
 normalised as they were trained (``normalisation`` in their metadata); ``PickParams.recentre``,

@@ -213,7 +213,7 @@ IDENTITY = FomModel([0.0] * _N, [1.0] * _N, [[0.0] * _N] * HIDDEN, [0.0] * HIDDE
 
 def calibrate_candidates(candidates: pd.DataFrame, model: FomModel) -> pd.DataFrame:
     """Candidates of one micrograph (``x``, ``y``, ``score`` = raw network score, attrs
-    ``area_boxes``, ``removed_fraction``, ``dark_fraction`` from :func:`~.picking.find_candidates`)
+    ``area_boxes``, ``removed_fraction``, ``dark_fraction`` from :func:`~.candidates.find_candidates`)
     -> the same candidates, best first, with ``raw_score`` (the network's) and ``score`` = the FOM.
     attrs gain ``features`` and ``expected_particles`` (sum of the FOMs)."""
     area = float(candidates.attrs.get("area_boxes") or 1.0)

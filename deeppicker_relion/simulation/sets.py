@@ -25,14 +25,18 @@ _DIAMETERS_PX = np.round(np.geomspace(24, 160, 9))
 MAX_SIDE_PX = 1024
 
 
-def _conditions(rng: np.random.Generator, diameter_A: float) -> dict:
-    """The recipe's realistic conditions for one micrograph of a molecule ``diameter_A`` across."""
+EMPTY_SHARE = 0.08  # the recipe's share of empty micrographs
+
+
+def _conditions(rng: np.random.Generator, diameter_A: float, empty_share: float = EMPTY_SHARE) -> dict:
+    """The recipe's realistic conditions for one micrograph of a molecule ``diameter_A`` across
+    (empty, i.e. no particle, with probability ``empty_share``)."""
     allowed = [d for d in _DIAMETERS_PX if 0.9 <= diameter_A / d <= 7.5] or [float(_DIAMETERS_PX[0])]
     diameter_px = float(rng.choice(allowed))
     boxes = rng.uniform(11, 18, size=2)
     shape = tuple(int(min(MAX_SIDE_PX, max(320, round(b * diameter_px)))) for b in boxes)
     density = rng.uniform(0.03, 0.42)
-    empty = rng.uniform() < 0.08
+    empty = rng.uniform() < empty_share
     n = 0 if empty else max(1, int(round(density * shape[0] * shape[1] / diameter_px**2)))
     lo, hi = (0.1, 0.6) if rng.uniform() < 0.7 else (0.02, 0.1)
     return dict(
@@ -48,7 +52,7 @@ def _conditions(rng: np.random.Generator, diameter_A: float) -> dict:
     )  # fmt: skip
 
 
-def simulate_one(seed: int, index: int) -> tuple[np.ndarray, pd.DataFrame, dict]:
+def simulate_one(seed: int, index: int, empty_share: float = EMPTY_SHARE) -> tuple[np.ndarray, pd.DataFrame, dict]:
     """Micrograph ``index`` of set ``seed``: (image float32 [row, col], centres x/y in pixels,
     conditions incl. ``pixel_size_A`` and ``diameter_px``)."""
     from .simulate import estimate_diameter_A, simulate_micrograph_parts, synthetic_molecule
@@ -58,7 +62,7 @@ def simulate_one(seed: int, index: int) -> tuple[np.ndarray, pd.DataFrame, dict]
     map_px = size_A / 40
     volume = synthetic_molecule(size_A, map_px, seed=rng)
     diameter_A = estimate_diameter_A(volume, map_px)
-    cond = _conditions(rng, diameter_A)
+    cond = _conditions(rng, diameter_A, empty_share)
     sim = simulate_micrograph_parts(
         cond["shape"], cond["pixel_size_A"], [(volume, map_px)], cond["n_particles"], names=["random"],
         **{k: v for k, v in cond.items() if k not in ("shape", "pixel_size_A", "diameter_px", "n_particles")},
@@ -67,15 +71,17 @@ def simulate_one(seed: int, index: int) -> tuple[np.ndarray, pd.DataFrame, dict]
     return sim.image, sim.centres[["x", "y"]].reset_index(drop=True), cond
 
 
-def simulated_set(n: int, seed: int, cache: Path, progress: bool = False) -> Path:
+def simulated_set(n: int, seed: int, cache: Path, progress: bool = False, empty_share: float = EMPTY_SHARE) -> Path:
     """Folder ``cache/n<n>_seed<seed>/`` holding ``n`` simulated micrographs (``NAME.mrc``), their
     centres (``NAME.star``) and ``index.csv`` (name, file, coords, pixel_size, diameter_px,
-    n_particles); generated on first use, written atomically (index last), reused afterwards."""
+    n_particles); generated on first use, written atomically (index last), reused afterwards.
+    ``empty_share``: the chance that a micrograph holds no particle (other than the recipe's 0.08:
+    the folder is ``n<n>_seed<seed>_empty<share>``)."""
     from ..io.atomic import atomic_path
     from ..io.mrc import write_mrc
     from ..io.star import write_coordinate_star
 
-    folder = Path(cache) / f"n{n}_seed{seed}"
+    folder = Path(cache) / (f"n{n}_seed{seed}" + (f"_empty{empty_share:g}" if empty_share != EMPTY_SHARE else ""))
     index = folder / "index.csv"
     if index.is_file():
         return folder
@@ -88,7 +94,7 @@ def simulated_set(n: int, seed: int, cache: Path, progress: bool = False) -> Pat
         items = tqdm(items, desc="simulating", unit="micrograph")
     for i in items:
         name = f"sim{seed}_{i:04d}"
-        image, centres, cond = simulate_one(seed, i)
+        image, centres, cond = simulate_one(seed, i, empty_share)
         write_mrc(folder / f"{name}.mrc", image, cond["pixel_size_A"])
         write_coordinate_star(folder / f"{name}.star", centres.assign(score=1.0))
         rows.append(dict(name=name, file=f"{name}.mrc", coords=f"{name}.star", pixel_size=cond["pixel_size_A"],

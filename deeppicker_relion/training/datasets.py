@@ -25,7 +25,7 @@ DIAMETER is the particle diameter in Angstrom (``180`` or ``180A``) or the box i
   are relative to);
 - ``empiar:NNNNN``: an EMPIAR entry, downloaded into a local cache (:mod:`.empiar`);
 - ``simulated``: micrographs of random simulated molecules (a new molecule on each), generated
-  once into the cache (:mod:`.simulated_sets`).
+  once into the cache (:mod:`..simulation.sets`).
 
 Options: ``mics=`` micrographs STAR (pixel sizes, and the micrographs of a coordinate set);
 ``coords=`` coordinates; ``root=`` folder that relative micrograph names start from (default: the

@@ -67,6 +67,9 @@ class TrainParams:
     unlabelled_weight: float = 0.3
     # at most this many particles per micrograph (0 = all): crowded sets do not swamp the others
     max_positives: int = 0
+    # after training, fit the model's figure of merit on this many simulated micrographs of random
+    # molecules (deeppicker_relion.training.calibrate); 0: none, the network's score is the figure of merit
+    fom_micrographs: int = 0
 
 
 @dataclass
