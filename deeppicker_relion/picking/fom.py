@@ -27,11 +27,13 @@ how many particles ``P`` finds there confidently). The slope is positive and
 ``w <= 0``, so within a micrograph the FOM never reverses the network's ranking, and a higher
 threshold always keeps a subset of the picks. The parameters are fitted (:func:`fit_fom`, by
 ``training/fit_fom.py``) on the recipe's own selection micrographs (random molecules and empty
-micrographs, never a benchmarked molecule) and stored in the weights' metadata under ``"fom"``.
+micrographs, never a benchmarked molecule) and stored in the weights' metadata under ``"fom"``;
+``deeppicker train`` fits one the same way for each model it trains on data sets
+(:mod:`..training.calibrate`, simulated micrographs of random molecules).
 
 A pick "is a particle" when it lies within 0.2 x the box of a true particle centre (one to one),
-as in the benchmark. Weights without a ``"fom"`` entry (a model fine-tuned on a user's picks) get
-the network's own score as the FOM (:data:`IDENTITY`).
+as in the benchmark. Weights without a ``"fom"`` entry (a model fine-tuned on a user's picks of one
+particle) get the network's own score as the FOM (:data:`IDENTITY`).
 """
 
 from __future__ import annotations
