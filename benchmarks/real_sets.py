@@ -51,7 +51,7 @@ TRAIN_DATA = {
 }  # fmt: skip
 
 
-def test_sets(name: str) -> dict:
+def held_out_rows(name: str) -> dict:
     """The held-out real set's rows: the ribosomes; apoferritin given the annotated 57 px (the size
     check then decides the box, as in benchmarks/accuracy.py) and given its 78 px outer diameter."""
     if name == "ribosome":
@@ -64,12 +64,13 @@ def train_fold(held_out: str, args: argparse.Namespace) -> Path:
     """The fold model without ``held_out``: ``deeppicker train`` on the other real set(s) + simulated."""
     path = OUT / f"without_{held_out}_sim{args.simulated}_lr{args.lr:g}.safetensors"
     if path.is_file():
-        if "fom" not in load_model(path)[1]:  # trained before deeppicker train fitted one: fit it as train does
+        model, info = load_model(path)
+        if "fom" not in info:  # trained before deeppicker train fitted one: fit it as train does
             from fit_fom import write_fom
 
             from deeppicker_relion.training.calibrate import DEFAULT_MICROGRAPHS, fit_model_fom
 
-            write_fom(path, fit_model_fom(load_model(path)[0], DEFAULT_MICROGRAPHS).to_metadata(), path)
+            write_fom(path, fit_model_fom(model, DEFAULT_MICROGRAPHS).to_metadata(), path)
         return path
     OUT.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "deeppicker_relion.cli.main", "train", "--simulated", str(args.simulated),
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, path in folds.items():
         fold = load_model(path)[0]
-        for row, idx in test_sets(name).items():
+        for row, idx in held_out_rows(name).items():
             a, b = evaluate_set(shipped, idx), evaluate_set(fold, idx)
             results[row] = {"shipped": a, "fold": b}
             print(f"| {row} | {cell(a)} | {cell(b)} | {a['size_factor']:.2f}, {b['size_factor']:.2f} |", flush=True)

@@ -98,7 +98,9 @@ def run(args: argparse.Namespace, job: RelionJob) -> None:
     if args.epochs is None:
         args.epochs = 20 if several else 30
     if args.fom_micrographs is None:
-        args.fom_micrographs = 48 if several else 0  # deeppicker_relion.training.calibrate.DEFAULT_MICROGRAPHS
+        from deeppicker_relion.training.calibrate import DEFAULT_MICROGRAPHS
+
+        args.fom_micrographs = DEFAULT_MICROGRAPHS if several else 0
     if args.fom_micrographs < 0:
         raise JobError(f"fom_micrographs must be 0 (none) or more (got {args.fom_micrographs})")
     if args.epochs < 1:
